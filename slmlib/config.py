@@ -1,0 +1,148 @@
+"""Typed parameter profiles (``params/*.yaml``).
+
+A profile is checked completely before any model or data is touched: an unknown key or a value
+of the wrong type raises :class:`ConfigError` naming the file and the dotted key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    root: str = "../shared/data"           # folder holding the GitHub-hosted sources; relative to the repo
+    required: list[str] = field(default_factory=lambda: ["complexfuncbench"])  # fail early when missing
+    optional: list[str] = field(default_factory=list)  # reported in the manifest when missing
+    max_length: int = 2048                 # tokens per training sequence / prompt window
+    max_observation_chars: int = 1024      # ToolBench truncates observations to 1,024 characters
+    distractor_tools: int = 4              # tools kept besides the gold ones when the tool list is trimmed
+    train_limit: int = -1                  # training trajectories per source; -1 = all
+    test_limit: int = -1                   # evaluation tasks per task set; -1 = all
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "smollm2-135m-instruct"    # embedded name, local folder or Hub id
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    method: Literal["full", "lora"] = "full"
+    epochs: float = 1.0
+    max_steps: int = -1                    # optimizer steps; -1 = run the epochs
+    learning_rate: float = 5e-5
+    warmup_steps: int = 100
+    per_device_batch_size: int = 8
+    gradient_accumulation: int = 4
+    max_grad_norm: float = 0.3
+    weight_decay: float = 0.01
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    gradient_checkpointing: bool = False
+    loss_on: Literal["last", "all"] = "all"  # last assistant turn (ToolLLaMA) or every assistant turn
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"])
+    save_steps: int = 50
+    logging_steps: int = 10
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    temperature: float = 0.0               # 0 = greedy; the paper uses 0.1
+    max_steps: int = 10                    # actions per episode, the paper's budget
+    max_new_tokens: int = 256              # per step
+    batch_size: int = 8
+    baselines: list[str] = field(default_factory=lambda: ["smollm2-135m-instruct", "gemma-3-270m"])
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    seed: int = 0
+    notebooks: list[str] = field(default_factory=list)  # stems to run; empty = every notebook in order
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _check(value: Any, tp: Any, key: str, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: '{key}' must be a mapping of {tp.__name__} fields, got {value!r}")
+        return build(tp, value, where, prefix=key + ".")
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{where}: '{key}' must be one of {list(typing.get_args(tp))}, got {value!r}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in typing.get_args(tp):
+            return None
+        inner = [a for a in typing.get_args(tp) if a is not type(None)][0]
+        return _check(value, inner, key, where)
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: '{key}' must be a list of {_type_name(item)}, got {value!r}")
+        return [_check(v, item, f"{key}[{i}]", where) for i, v in enumerate(value)]
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool) and (type(value) is not tp):
+        raise ConfigError(f"{where}: '{key}' must be {tp.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def build(cls: type, data: dict[str, Any], where: str, prefix: str = ""):
+    """Instantiate dataclass ``cls`` from ``data``, rejecting unknown keys and wrong types."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key '{prefix}{unknown[0]}' (known: {', '.join(sorted(names))})")
+    missing = [f.name for f in dataclasses.fields(cls)
+               if f.name not in data and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"{where}: missing key '{prefix}{missing[0]}'")
+    return cls(**{k: _check(v, hints[k], prefix + k, where) for k, v in data.items()})
+
+
+def load(path: str | Path) -> Profile:
+    """Read and validate a profile; ``name`` defaults to the file's stem."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a profile is a mapping of keys, got {type(data).__name__}")
+    data.setdefault("name", path.stem)
+    profile = build(Profile, data, str(path))
+    root = Path(profile.data.root)
+    if not root.is_absolute():  # relative to the repository, wherever the caller runs
+        root = (REPO / root).resolve()
+    return dataclasses.replace(profile, data=dataclasses.replace(profile.data, root=str(root)))
+

@@ -1,0 +1,96 @@
+"""The data step of a run: sources -> fitted training trajectories and test task files.
+
+Writes ``<run>/data/train.jsonl``, ``<run>/data/test_<set>.jsonl`` and ``<run>/data/report.json``
+(counts per source, token lengths, what the window trimmed or dropped, missing optional sources).
+"""
+from __future__ import annotations
+
+import random
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from slmlib import budget, data
+from slmlib import toolbench_format as tbf
+from slmlib.config import Profile
+from slmlib.run import atomic_write_json
+from slmlib.schema import called_tools, iter_jsonl, write_jsonl
+
+TEST_ONLY = {"stabletoolbench"}
+PERCENTILES = (50, 90, 99, 100)
+
+
+def percentiles(values: Iterable[int]) -> dict[str, float]:
+    arr = np.asarray(list(values))
+    if arr.size == 0:
+        return {}
+    return {f"p{p}": float(np.percentile(arr, p)) for p in PERCENTILES} | {"mean": float(arr.mean())}
+
+
+def length_report(tasks: list[dict], count, max_length: int, loss_on: str) -> dict:
+    """Counts per group, token lengths before trimming, calls per trajectory, and the cost of fitting."""
+    stats = budget.TrimStats()
+    lengths = [count(tbf.segments(t, loss_on) if any(m["role"] == "assistant" for m in t["messages"])
+                     else tbf.prompt_segments(t)) for t in tasks]
+    for t in tasks:
+        if any(m["role"] == "assistant" for m in t["messages"]):
+            budget.fit(t, count, max_length, loss_on=loss_on, stats=stats)
+    return {"n": len(tasks), "groups": dict(Counter(t["group"] for t in tasks)),
+            "tokens": percentiles(lengths), "over_window": sum(n > max_length for n in lengths),
+            "calls_per_task": percentiles(len(called_tools(t)) for t in tasks), "fit": stats.as_dict()}
+
+
+def file_stats(path: str | Path, tokenizer: str, max_length: int = 2048, loss_on: str = "all") -> dict:
+    from slmlib.models import load_tokenizer
+    count = budget.make_counter(load_tokenizer(tokenizer))
+    return {"file": str(path), **length_report(list(iter_jsonl(path)), count, max_length, loss_on)}
+
+
+def _limited(tasks: list[dict], limit: int, seed: int) -> list[dict]:
+    """A fixed, seeded sample of at most ``limit`` tasks per group (all of them for -1), in file order."""
+    if limit < 0:
+        return tasks
+    by_group = defaultdict(list)
+    for i, t in enumerate(tasks):
+        by_group[t["group"]].append(i)
+    rng = random.Random(seed)
+    keep = {i for idx in by_group.values() for i in rng.sample(idx, min(limit, len(idx)))}
+    return [t for i, t in enumerate(tasks) if i in keep]
+
+
+def prepare(profile: Profile, run_path: str | Path, tokenizer) -> dict:
+    cfg = profile.data
+    missing = data.check_sources(cfg.required, cfg.optional, cfg.root)
+    count = budget.make_counter(tokenizer)
+    out = Path(run_path) / "data"
+    report: dict = {"missing_optional_sources": missing, "sources": {}, "test_sets": {}}
+    train: list[dict] = []
+    stats = budget.TrimStats()
+    for name in [s for s in [*cfg.required, *cfg.optional] if s not in missing and s not in TEST_ONLY]:
+        raw = _limited(list(data.load(name, cfg.root, "train")), cfg.train_limit, profile.seed)
+        per_source = budget.TrimStats()
+        for task in raw:
+            fitted = budget.fit(task, count, cfg.max_length, loss_on=profile.train.loss_on,
+                                max_observation_chars=cfg.max_observation_chars,
+                                distractors=cfg.distractor_tools, seed=profile.seed, stats=per_source)
+            if fitted is not None:
+                train.append(fitted)
+        report["sources"][name] = per_source.as_dict()
+        for k, v in per_source.as_dict().items():
+            if k != "tokens":
+                setattr(stats, k, getattr(stats, k) + v)
+        stats.tokens.update(per_source.tokens)
+    if not train:
+        raise ValueError("no training trajectory is left after fitting the window: check the sources and max_length")
+    report["train"] = {"n": write_jsonl(out / "train.jsonl", train), **stats.as_dict()}
+    test_sets = {"complexfuncbench": lambda: data.load("complexfuncbench", cfg.root, "test")}
+    if "stabletoolbench" in [*cfg.required, *cfg.optional] and "stabletoolbench" not in missing:
+        test_sets["stabletoolbench"] = lambda: data.load("stabletoolbench", cfg.root)
+    for name, load in test_sets.items():
+        tasks = _limited(list(load()), cfg.test_limit, profile.seed)
+        report["test_sets"][name] = {"n": write_jsonl(out / f"test_{name}.jsonl", tasks),
+                                     "groups": dict(Counter(t["group"] for t in tasks))}
+    atomic_write_json(out / "report.json", report)
+    return report

@@ -1,0 +1,122 @@
+"""Run directories: ``outputs/<run-id>/`` with ``run_manifest.json`` and ``metrics.json``.
+
+Every file is written atomically (temporary file, then rename). A finished run is never
+overwritten unless the caller asks for it.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterable
+
+PACKAGES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "papermill", "slmlib")
+
+
+class RunExists(FileExistsError):
+    pass
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def new_run_id(profile: str) -> str:
+    return f"{profile}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def git_sha(cwd: str | Path | None = None) -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None
+
+
+def package_versions(names: Iterable[str] = PACKAGES) -> dict[str, str | None]:
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def device_info() -> dict[str, Any]:
+    import torch
+    info = {"platform": platform.platform(), "python": platform.python_version(),
+            "cpu_count": os.cpu_count(), "cuda": torch.cuda.is_available()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+class RunDir:
+    """One run's folder. ``finished`` runs refuse a second ``start`` unless ``overwrite``."""
+
+    def __init__(self, root: str | Path, run_id: str):
+        self.root = Path(root)
+        self.run_id = run_id
+        self.path = self.root / run_id
+
+    manifest_path = property(lambda self: self.path / "run_manifest.json")
+    metrics_path = property(lambda self: self.path / "metrics.json")
+
+    @property
+    def finished(self) -> bool:
+        return self.manifest_path.is_file() and read_json(self.manifest_path).get("finished_at") is not None
+
+    def start(self, params: dict[str, Any], seed: int, *, overwrite: bool = False,
+              extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Create the folder and write the manifest; a finished run needs ``overwrite=True``."""
+        if self.finished and not overwrite:
+            raise RunExists(f"{self.path} holds a finished run; choose another run id or pass overwrite")
+        self.path.mkdir(parents=True, exist_ok=True)
+        manifest = {"run_id": self.run_id, "started_at": _dt.datetime.now().isoformat(timespec="seconds"),
+                    "finished_at": None, "seed": seed, "params": params, "packages": package_versions(),
+                    "git_sha": git_sha(Path(__file__).parent), "device": device_info(), **(extra or {})}
+        atomic_write_json(self.manifest_path, manifest)
+        return manifest
+
+    def update_manifest(self, **fields: Any) -> None:
+        manifest = read_json(self.manifest_path)
+        manifest.update(fields)
+        atomic_write_json(self.manifest_path, manifest)
+
+    def finish(self) -> None:
+        self.update_manifest(finished_at=_dt.datetime.now().isoformat(timespec="seconds"))
+
+    def metrics(self) -> dict[str, Any]:
+        return read_json(self.metrics_path) if self.metrics_path.is_file() else {}
+
+    def record(self, key: str, value: Any) -> Any:
+        """Add or replace one entry of ``metrics.json`` (atomic) and return the value."""
+        metrics = self.metrics()
+        metrics[key] = value
+        atomic_write_json(self.metrics_path, metrics)
+        return value

@@ -1,0 +1,162 @@
+import json
+import re
+import subprocess
+import sys
+from collections import Counter
+
+import pytest
+
+from slmlib import budget, data, schema
+from slmlib import toolbench_format as tbf
+from slmlib.data import apibank, complexfuncbench, glaive, stabletoolbench, toolbench, toolrl
+
+
+@pytest.fixture(scope="module")
+def cfb():
+    return list(complexfuncbench.tasks("train")), list(complexfuncbench.tasks("test"))
+
+
+def renders(task):
+    """Every trajectory renders in the ReAct format and its steps parse back."""
+    for m in task["messages"]:
+        if m["role"] == "assistant":
+            step = tbf.message_step(m)
+            assert tbf.parse_step(tbf.render_step(step)) == step
+    return tbf.text(tbf.segments(task, "all"))
+
+
+def test_stabletoolbench_765_in_six_groups(data_root):
+    tasks = list(stabletoolbench.tasks(data_root))
+    assert Counter(t["group"] for t in tasks) == {"G1_instruction": 163, "G1_category": 153, "G1_tool": 158,
+                                                  "G2_instruction": 106, "G2_category": 124, "G3_instruction": 61}
+    assert all(t["relevant_tools"] for t in tasks) and len({t["id"] for t in tasks}) == 765
+    assert all(t["tools"][0]["meta"]["category"] for t in tasks)
+
+
+def test_toolbench_query_names_follow_toolbench_rules(data_root):
+    tasks = list(toolbench.query_file_tasks(data_root / "toolbench/data_example/instruction/G1_query.json"))
+    assert len(tasks) == 5
+    assert tasks[0]["relevant_tools"] == ["checkhealth_for_squake", "projects_for_squake"]
+    assert toolbench.standardize("9 Hello--World ") == "get_9_hello_world"
+    assert toolbench.change_name("from") == "is_from"
+    assert len(toolbench.function_name("a" * 80, "tool")) == 64
+
+
+def test_toolbench_rows_file_streams(tmp_path, data_root):
+    rows = [row for p in sorted((data_root / "toolbench/data_example/answer").rglob("*.json"))
+            for row in toolbench.answer_rows(json.loads(p.read_text()))]
+    path = tmp_path / "toolllama_G123_dfs_eval.json"
+    path.write_text(json.dumps(rows, indent=4, ensure_ascii=False))
+    tasks = list(toolbench.row_file_tasks(path))
+    assert len(tasks) == len(rows) == 50
+    assert [tbf.to_toolllama_row(t, r["id"]) for t, r in zip(tasks, rows)] == rows
+
+
+def test_malformed_row_names_file_line_and_field(tmp_path):
+    path = tmp_path / "rows.json"
+    path.write_text(json.dumps([{"id": "x", "conversations": [{"from": "user", "value": "hi"}]}]))
+    with pytest.raises(schema.SchemaError, match=r"rows\.json:1: field 'conversations'"):
+        list(toolbench.row_file_tasks(path))
+    skipped = []
+    assert list(toolbench.row_file_tasks(path, on_error=skipped.append)) == [] and len(skipped) == 1
+
+
+@pytest.mark.parametrize("adapter,n", [(glaive.tasks, 650), (toolrl.tasks, 400), (apibank.tasks, 1245)])
+def test_training_sources_convert_without_invalid_records(adapter, n, data_root):
+    errors = []
+    tasks = list(adapter(data_root, on_error=errors.append))
+    assert errors == [] and len(tasks) == n and len({t["id"] for t in tasks}) == n
+    for t in tasks[:: max(1, n // 50)]:
+        renders(t)
+
+
+def test_complexfuncbench_split_is_fixed_balanced_and_leak_free(cfb):
+    train, test = cfb
+    assert len(train) == 800 and len(test) == 200
+    assert Counter(t["group"] for t in test) == {"cross_domain": 108, "single_domain": 92}
+    assert not {t["id"] for t in train} & {t["id"] for t in test}
+    test_queries = {t["messages"][0]["content"] for t in test}
+    assert not any(t["messages"][0]["content"] in test_queries for t in train)
+    assert [t["id"] for t in test][:3] == [t["id"] for t in complexfuncbench.tasks("test")][:3]
+
+
+def test_complexfuncbench_references_resolved_and_observations_compact(cfb):
+    train, test = cfb
+    for t in train:
+        assert "$var" not in json.dumps([m for m in t["messages"] if m["role"] == "assistant"])
+        assert all(len(m["content"]) <= complexfuncbench.OBSERVATION_CHARS for m in t["messages"] if m["role"] == "tool")
+        assert t["messages"][-1]["tool_calls"][0]["function"]["name"] == schema.FINISH
+        renders(t)
+    for t in test:
+        assert len(t["gold_calls"]) == len(t["replay"]) == t["meta"]["n_calls"]
+
+
+def test_values_used_by_later_calls_survive_compaction(cfb):
+    """Every literal a later call takes from an earlier response is in that earlier observation."""
+    records, _ = complexfuncbench.load_raw()
+    train, _ = cfb
+    by_id = {t["id"]: t for t in train}
+    checked = 0
+    for i, rec in enumerate(records):
+        task = by_id.get(f"cfb-{i:04d}")
+        if task is None:
+            continue
+        obs = {c["label"]: m["content"] for c, m in zip(rec["output"], [m for m in task["messages"] if m["role"] == "tool"])}
+        calls = [m for m in task["messages"] if m["role"] == "assistant"]
+        for call, msg in zip(rec["output"], calls):
+            args = json.loads(msg["tool_calls"][0]["function"]["arguments"])
+            for key, raw in call["arguments"].items():
+                m = re.match(r"^\$(var\d+)", raw) if isinstance(raw, str) else None
+                if m:
+                    assert json.dumps(args[key], ensure_ascii=False).strip('"') in obs[m.group(1)]
+                    checked += 1
+    assert checked > 2000
+
+
+def test_missing_required_source_says_how_to_fetch(tmp_path):
+    with pytest.raises(data.MissingSource, match="python -m slmlib data fetch toolbench"):
+        data.check_sources(["toolbench"], [], tmp_path)
+    assert data.check_sources(["complexfuncbench"], ["glaive"], tmp_path) == ["glaive"]
+
+
+def test_fit_trims_but_never_cuts_the_target(smol_tokenizer, cfb):
+    count = budget.make_counter(smol_tokenizer)
+    stats = budget.TrimStats()
+    long = max((t for t in cfb[0] if len(t["tools"]) <= 2), key=lambda t: len(t["messages"]))
+    fitted = budget.fit(long, count, 2048, loss_on="last", stats=stats)
+    assert fitted is not None and count(tbf.segments(fitted, "last")) <= 2048
+    assert fitted["messages"][-1] == long["messages"][-1] and stats.steps_removed > 0
+    assert budget.fit(long, count, 50, stats=stats) is None and stats.dropped == 1
+
+
+def test_tool_list_trimming_keeps_needed_tools(data_root, smol_tokenizer):
+    task = next(t for t in stabletoolbench.tasks(data_root) if len(t["tools"]) > 6)
+    kept = dict(task)
+    removed = budget.trim_tools(kept, distractors=1)
+    names = {t["name"] for t in kept["tools"]}
+    assert set(task["relevant_tools"]) <= names and removed == len(task["tools"]) - len(names)
+    assert str([tbf.strip_meta(t) for t in kept["tools"]])[1:-1] in tbf.system_prompt(kept)
+
+
+def test_task_file_errors_name_file_line_field(tmp_path):
+    good = {"id": "a", "group": "g", "tools": [], "messages": [{"role": "user", "content": "hi"}]}
+    bad = {**good, "id": "b", "messages": [{"role": "assistant", "content": None}]}
+    path = tmp_path / "tasks.jsonl"
+    path.write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\nnot json\n")
+    with pytest.raises(schema.SchemaError, match=r"tasks\.jsonl:2: field 'messages\[0\]'"):
+        schema.read_jsonl(path)
+    skipped = []
+    assert [t["id"] for t in schema.iter_jsonl(path, skip_invalid=True, skipped=skipped)] == ["a"]
+    assert len(skipped) == 2 and "tasks.jsonl:3" in str(skipped[1])
+
+
+def test_cli_convert_and_stats(tmp_path, data_root):
+    out = tmp_path / "g1.jsonl"
+    cmd = [sys.executable, "-m", "slmlib", "data", "convert", "--source", "toolbench-queries",
+           "--input", str(data_root / "toolbench/data_example/instruction/G1_query.json"), "--out", str(out)]
+    assert json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)["written"] == 5
+    assert subprocess.run(cmd, capture_output=True, text=True).returncode != 0  # no silent overwrite
+    stats = subprocess.run([sys.executable, "-m", "slmlib", "data", "stats", str(out), "--tokenizer", "tiny-opt"],
+                           capture_output=True, text=True, check=True).stdout
+    report = json.loads(stats)
+    assert report["n"] == 5 and report["tokens"]["p50"] > 500

@@ -1,0 +1,127 @@
+import json
+import subprocess
+import sys
+import tomllib
+
+import pytest
+import yaml
+
+from slmlib import assets, config, models
+from slmlib.run import RunDir, RunExists, atomic_write_json, read_json
+
+from conftest import REPO
+
+
+@pytest.mark.parametrize("name", ["smoke", "default", "paper"])
+def test_profiles_load(name):
+    profile = config.load(REPO / "params" / f"{name}.yaml")
+    assert profile.name == name and profile.data.max_length <= 2048
+
+
+def test_paper_profile_has_the_papers_recipe():
+    t = config.load(REPO / "params" / "paper.yaml").train
+    assert (t.method, t.epochs, t.learning_rate, t.warmup_steps) == ("full", 1.0, 5e-5, 100)
+    assert (t.per_device_batch_size, t.gradient_accumulation, t.max_grad_norm, t.weight_decay) == (8, 4, 0.3, 0.01)
+    assert t.precision == "fp16" and t.gradient_checkpointing
+    assert config.load(REPO / "params" / "paper.yaml").eval.temperature == 0.1
+
+
+def test_unknown_key_names_key_and_file(tmp_path):
+    p = tmp_path / "typo.yaml"
+    p.write_text("train:\n  learning_rat: 0.1\n")
+    with pytest.raises(config.ConfigError, match=r"typo\.yaml.*'train\.learning_rat'"):
+        config.load(p)
+
+
+def test_wrong_type_names_key_and_file(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("train:\n  max_steps: ten\n")
+    with pytest.raises(config.ConfigError, match=r"bad\.yaml.*'train\.max_steps' must be int"):
+        config.load(p)
+    p.write_text("model:\n  dtype: float8\n")
+    with pytest.raises(config.ConfigError, match="must be one of"):
+        config.load(p)
+
+
+def test_environment_yml_pins_match_pyproject():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    pins = set(project["dependencies"]) | set(project["optional-dependencies"]["dev"])
+    env = yaml.safe_load((REPO / "environment.yml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    assert {p for p in pip if "==" in p} == pins
+    assert "python=3.11" in env["dependencies"] and "torch==2.13.0" in pins
+
+
+def test_run_dir_manifest_and_no_silent_overwrite(tmp_path):
+    run = RunDir(tmp_path, "r1")
+    run.start({"a": 1}, seed=3)
+    run.record("x", 0.5)
+    manifest = read_json(run.manifest_path)
+    assert manifest["seed"] == 3 and manifest["packages"]["torch"].startswith("2.13.0") and "device" in manifest
+    assert run.metrics() == {"x": 0.5}
+    run.finish()
+    with pytest.raises(RunExists):
+        run.start({"a": 2}, seed=3)
+    run.start({"a": 2}, seed=3, overwrite=True)
+    assert read_json(run.manifest_path)["params"] == {"a": 2}
+
+
+def test_atomic_write_leaves_old_file_on_failure(tmp_path):
+    path = tmp_path / "m.json"
+    atomic_write_json(path, {"ok": 1})
+    with pytest.raises(TypeError):
+        atomic_write_json(path, {1j: 2})  # not serialisable
+    assert json.loads(path.read_text()) == {"ok": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["m.json"]
+
+
+def test_cli_help_lists_commands():
+    out = subprocess.run([sys.executable, "-m", "slmlib", "--help"], capture_output=True, text=True, check=True).stdout
+    for command in ("run", "assets", "data"):
+        assert command in out
+
+
+def test_corrupted_asset_is_detected_and_fetched_again():
+    encoder, _ = assets.gpt2_bpe_files()
+    original = encoder.read_bytes()
+    encoder.write_bytes(b"{}")  # damage the cached copy (a new mtime invalidates the marker)
+    repaired, _ = assets.gpt2_bpe_files()
+    assert repaired.read_bytes() == original
+
+
+def test_unknown_name_lists_the_known_ones():
+    with pytest.raises(models.ModelNotFound, match="gemma-3-270m, smollm2-135m-instruct, tiny-opt") as e:
+        models.load("no-such-model-xyz")
+    assert "network" in str(e.value) and "local path" in str(e.value)
+
+
+def test_tiny_opt_is_opt_350m_shaped_and_round_trips(tiny, tmp_path):
+    import torch
+    model, tok = tiny
+    cfg = model.config
+    assert cfg.model_type == "opt" and not cfg.do_layer_norm_before
+    assert cfg.word_embed_proj_dim != cfg.hidden_size and cfg.max_position_embeddings == 2048
+    assert len(tok) <= cfg.vocab_size and tok.pad_token_id != tok.eos_token_id
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    again, tok2 = models.load(str(tmp_path))
+    ids = tok("Thought: call the API", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, again(ids).logits)
+    assert tok2("Action: Finish").input_ids == tok("Action: Finish").input_ids
+
+
+def test_gguf_without_dequantize_is_flagged_quantized():
+    model, _ = models.load("smollm2-135m-instruct", dequantize=False)
+    assert model.is_quantized
+    with pytest.raises(Exception, match="not serializable"):
+        model.save_pretrained("/tmp/should-not-exist")
+
+
+@pytest.mark.slow
+def test_smollm2_knows_paris():
+    model, tok = models.load("smollm2-135m-instruct")
+    msgs = [{"role": "user", "content": "What is the capital of France?"}]
+    enc = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    out = model.generate(**enc, max_new_tokens=20, do_sample=False)
+    assert "Paris" in tok.decode(out[0][enc["input_ids"].shape[1]:], skip_special_tokens=True)
