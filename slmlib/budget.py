@@ -29,6 +29,10 @@ class TrimStats:
     steps_removed: int = 0
     tokens: Counter = field(default_factory=Counter)  # "before" / "after" totals
 
+    def merge(self, other: "TrimStats") -> None:
+        for k, v in other.__dict__.items():
+            setattr(self, k, getattr(self, k) + v)
+
     def as_dict(self) -> dict:
         return {k: (dict(v) if isinstance(v, Counter) else v) for k, v in self.__dict__.items()}
 

@@ -78,10 +78,7 @@ def prepare(profile: Profile, run_path: str | Path, tokenizer) -> dict:
             if fitted is not None:
                 train.append(fitted)
         report["sources"][name] = per_source.as_dict()
-        for k, v in per_source.as_dict().items():
-            if k != "tokens":
-                setattr(stats, k, getattr(stats, k) + v)
-        stats.tokens.update(per_source.tokens)
+        stats.merge(per_source)
     if not train:
         raise ValueError("no training trajectory is left after fitting the window: check the sources and max_length")
     report["train"] = {"n": write_jsonl(out / "train.jsonl", train), **stats.as_dict()}

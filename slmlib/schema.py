@@ -217,6 +217,20 @@ def iter_jsonl(path: str | Path, skip_invalid: bool = False, skipped: list | Non
                     skipped.append(err)
 
 
+def convert_records(records: Iterable, file: str, convert, on_error=None) -> Iterator[dict]:
+    """``convert(record, index)`` for every source record, validated; a failure names file and line.
+
+    A record the adapter cannot read (missing key, bad literal) is a :class:`SchemaError` too.
+    """
+    for i, record in enumerate(records):
+        try:
+            yield validate_task(convert(record, i))
+        except SchemaError as e:
+            reject(e.at(file, i + 1), on_error)
+        except (KeyError, TypeError, ValueError, SyntaxError, AttributeError, IndexError) as e:
+            reject(SchemaError("<record>", f"{e.__class__.__name__}: {e}", file, i + 1), on_error)
+
+
 def read_jsonl(path: str | Path) -> list[dict]:
     return list(iter_jsonl(path))
 

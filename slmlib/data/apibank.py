@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from slmlib.data import types
-from slmlib.schema import SchemaError, reject, assistant_call, finish_call, validate_task
+from slmlib.schema import SchemaError, assistant_call, convert_records, finish_call
 
 FILE = Path("apibank-train/training-data/lv3-train.json")
 REQUEST, REPLY = "API-Request: ", "AI: "
@@ -88,10 +88,5 @@ def tasks(path: str | Path, on_error=None) -> Iterator[dict]:
     path = Path(path)
     if path.is_dir():
         path = next((p for p in (path / FILE, path / FILE.relative_to("apibank-train")) if p.is_file()), path / FILE)
-    for i, step in enumerate(json.loads(path.read_text(encoding="utf-8"))):
-        try:
-            yield validate_task(step_to_task(step, f"apibank-{i}"))
-        except SchemaError as e:
-            reject(e.at(str(path), i + 1), on_error)
-        except (KeyError, TypeError, ValueError, SyntaxError, AttributeError) as e:
-            reject(SchemaError("<record>", f"{e.__class__.__name__}: {e}", str(path), i + 1), on_error)
+    steps = json.loads(path.read_text(encoding="utf-8"))
+    yield from convert_records(steps, str(path), lambda step, i: step_to_task(step, f"apibank-{i}"), on_error)

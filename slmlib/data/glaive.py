@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from slmlib.data import types
-from slmlib.schema import SchemaError, reject, assistant_call, finish_call, validate_task
+from slmlib.schema import SchemaError, assistant_call, convert_records, finish_call
 
 FILES = ("glaive_toolcall_en_demo.json", "glaive_toolcall_zh_demo.json", "reason_tool_use_demo_50.jsonl")
 
@@ -102,15 +102,10 @@ def tasks(path: str | Path, on_error=None) -> Iterator[dict]:
             raise FileNotFoundError(f"{path}: no {FILES[0]} found there")
         files = [base / f for f in FILES if (base / f).is_file()]
     for file in files:
-        for i, record in enumerate(_records(file)):
-            stem = file.stem.replace("_demo", "").replace("_toolcall", "")
-            try:
-                if "messages" in record:
-                    task = reasoning_to_task(record, f"{stem}-{i}")
-                else:
-                    task = sharegpt_to_task(record, f"{stem}-{i}", stem)
-                yield validate_task(task)
-            except SchemaError as e:
-                reject(e.at(str(file), i + 1), on_error)
-            except (KeyError, TypeError, ValueError, IndexError) as e:
-                reject(SchemaError("<record>", f"{e.__class__.__name__}: {e}", str(file), i + 1), on_error)
+        stem = file.stem.replace("_demo", "").replace("_toolcall", "")
+
+        def convert(record: dict, i: int, stem: str = stem) -> dict:
+            if "messages" in record:
+                return reasoning_to_task(record, f"{stem}-{i}")
+            return sharegpt_to_task(record, f"{stem}-{i}", stem)
+        yield from convert_records(_records(file), str(file), convert, on_error)

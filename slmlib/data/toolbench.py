@@ -11,6 +11,7 @@ Names and schemas follow ToolBench's ``standardize``, ``change_name`` and ``api_
 from __future__ import annotations
 
 import ast
+import itertools
 import json
 import re
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any, Iterator
 import ijson
 
 from slmlib import toolbench_format as tbf
-from slmlib.schema import FINISH, SchemaError, reject, validate_task
+from slmlib.schema import FINISH, SchemaError, convert_records, reject, validate_task
 
 HUB_DATASET = "Yhyu13/ToolBench_toolllama_G123_dfs"
 TYPE_MAP = {"NUMBER": "integer", "STRING": "string", "BOOLEAN": "boolean"}
@@ -89,13 +90,8 @@ def query_to_task(query: dict, group: str) -> dict:
 def query_file_tasks(path: str | Path, group: str | None = None, on_error=None) -> Iterator[dict]:
     path = Path(path)
     group = group or path.stem.replace("_query", "")
-    for i, query in enumerate(json.loads(path.read_text(encoding="utf-8"))):
-        try:
-            yield validate_task(query_to_task(query, group))
-        except (KeyError, TypeError) as e:
-            reject(SchemaError(str(e), "query record lacks this field", str(path), i + 1), on_error)
-        except SchemaError as e:
-            reject(e.at(str(path), i + 1), on_error)
+    queries = json.loads(path.read_text(encoding="utf-8"))
+    yield from convert_records(queries, str(path), lambda q, i: query_to_task(q, group), on_error)
 
 
 # ------------------------------------------------------------------ answer trees -> rows
@@ -201,13 +197,8 @@ def resolve_train_file(path_or_name: str) -> Path:
 
 def row_file_tasks(path: str | Path, limit: int = -1, on_error=None) -> Iterator[dict]:
     path = resolve_train_file(str(path))
-    for i, row in enumerate(iter_rows(path)):
-        if 0 <= limit <= i:
-            return
-        try:
-            yield row_to_task(row, i)
-        except SchemaError as e:
-            reject(e.at(str(path), i + 1), on_error)
+    rows = itertools.islice(iter_rows(path), limit if limit >= 0 else None)
+    yield from convert_records(rows, str(path), row_to_task, on_error)
 
 
 def answer_dir_tasks(folder: str | Path, on_error=None) -> Iterator[dict]:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Iterator
 
 from slmlib.data import types
-from slmlib.schema import SchemaError, reject, assistant_call, finish_call, validate_task
+from slmlib.schema import SchemaError, assistant_call, convert_records, finish_call
 
 FILE = Path("toolrl/dataset/rlla_4k_raw/rlla_sft.json")
 TOOL = re.compile(r"^\d+\. Name: (.+)\nDescription: (.*)\nParameters: (.*)$", re.M)
@@ -31,8 +31,10 @@ def _tool(name: str, description: str, params: str) -> dict:
 
 
 def example_to_task(ex: dict, task_id: str) -> dict:
-    listed = [_tool(*m) for m in TOOL.findall(ex["instruction"].split("**Steps for Each Turn**")[0])]
-    tools = list({t["name"]: t for t in reversed(listed)}.values())[::-1]  # a name listed twice: first wins
+    tools: dict[str, dict] = {}
+    for m in TOOL.findall(ex["instruction"].split("**Steps for Each Turn**")[0]):
+        tool = _tool(*m)
+        tools.setdefault(tool["name"], tool)  # a few examples list a tool twice: the first one counts
     messages: list[dict] = []
     for tag, body in TAG.findall(ex["input"]):
         body = body.strip()
@@ -59,17 +61,12 @@ def example_to_task(ex: dict, task_id: str) -> dict:
         messages.append(finish_call(response.group(1).strip(), thought))
     else:
         raise SchemaError("output", "neither <tool_call> nor <response>")
-    return {"id": task_id, "group": "toolrl", "source": "toolrl", "tools": tools, "messages": messages}
+    return {"id": task_id, "group": "toolrl", "source": "toolrl", "tools": list(tools.values()), "messages": messages}
 
 
 def tasks(path: str | Path, on_error=None) -> Iterator[dict]:
     path = Path(path)
     if path.is_dir():
         path = next((p for p in (path / FILE, path / FILE.relative_to("toolrl")) if p.is_file()), path / FILE)
-    for i, ex in enumerate(json.loads(path.read_text(encoding="utf-8"))):
-        try:
-            yield validate_task(example_to_task(ex, f"toolrl-{i}"))
-        except SchemaError as e:
-            reject(e.at(str(path), i + 1), on_error)
-        except (KeyError, TypeError, ValueError) as e:
-            reject(SchemaError("<record>", f"{e.__class__.__name__}: {e}", str(path), i + 1), on_error)
+    examples = json.loads(path.read_text(encoding="utf-8"))
+    yield from convert_records(examples, str(path), lambda ex, i: example_to_task(ex, f"toolrl-{i}"), on_error)
