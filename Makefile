@@ -4,7 +4,6 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
 .PHONY: run test setup assets clean
@@ -25,7 +24,7 @@ run: assets
 	$(PY) -m slmlib run --params params/$(PROFILE).yaml
 
 test: assets
-	$(PY) -m pytest -q
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
 clean:
 	rm -rf $(VENV)
