@@ -31,7 +31,8 @@ class DataConfig:
     max_observation_chars: int = 1024      # ToolBench truncates observations to 1,024 characters
     distractor_tools: int = 4              # tools kept besides the gold ones when the tool list is trimmed
     train_limit: int = -1                  # training trajectories per source; -1 = all
-    test_limit: int = -1                   # evaluation tasks per task set; -1 = all
+    test_limit: int = -1                   # ComplexFuncBench test tasks per group; -1 = all 200
+    stabletoolbench_limit: int = -1        # StableToolBench queries per group (seeded sample); -1 = all 765
 
 
 @dataclass(frozen=True)

@@ -82,11 +82,11 @@ def prepare(profile: Profile, run_path: str | Path, tokenizer) -> dict:
     if not train:
         raise ValueError("no training trajectory is left after fitting the window: check the sources and max_length")
     report["train"] = {"n": write_jsonl(out / "train.jsonl", train), **stats.as_dict()}
-    test_sets = {"complexfuncbench": lambda: data.load("complexfuncbench", cfg.root, "test")}
+    test_sets = {"complexfuncbench": (lambda: data.load("complexfuncbench", cfg.root, "test"), cfg.test_limit)}
     if "stabletoolbench" in [*cfg.required, *cfg.optional] and "stabletoolbench" not in missing:
-        test_sets["stabletoolbench"] = lambda: data.load("stabletoolbench", cfg.root)
-    for name, load in test_sets.items():
-        tasks = _limited(list(load()), cfg.test_limit, profile.seed)
+        test_sets["stabletoolbench"] = (lambda: data.load("stabletoolbench", cfg.root), cfg.stabletoolbench_limit)
+    for name, (load, limit) in test_sets.items():
+        tasks = _limited(list(load()), limit, profile.seed)
         report["test_sets"][name] = {"n": write_jsonl(out / f"test_{name}.jsonl", tasks),
                                      "groups": dict(Counter(t["group"] for t in tasks))}
     atomic_write_json(out / "report.json", report)
