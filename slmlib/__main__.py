@@ -59,6 +59,19 @@ def _assets(args) -> int:
     return 0
 
 
+def _train(args) -> int:
+    from slmlib import config, models, prepare, train
+    profile = config.load(args.params)  # fails on typos before any model loads
+    out = Path(args.out)
+    train_file = Path(args.train_file) if args.train_file else out / "data" / "train.jsonl"
+    if not train_file.is_file():
+        prepare.prepare(profile, out, models.load_tokenizer(profile.model.name))
+    summary = train.train(profile, train_file, out, overwrite=args.overwrite)
+    if summary:  # the main process only, under accelerate launch
+        print(json.dumps(summary, indent=2))
+    return 0
+
+
 def _run(args) -> int:
     from slmlib import pipeline
     run_dir = pipeline.run_profile(args.params, run_id=args.run_id, overwrite=args.overwrite,
@@ -77,6 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--output-root", default="outputs")
     run.add_argument("--overwrite", action="store_true", help="replace a finished run of the same id")
     run.set_defaults(func=_run)
+
+    tr = sub.add_parser("train", help="fine-tune per a profile (TRL SFTTrainer); rerun to resume")
+    tr.add_argument("--params", required=True, help="profile YAML")
+    tr.add_argument("--out", required=True, help="output folder (model, checkpoints, logs)")
+    tr.add_argument("--train-file", help="task file of trajectories; default: prepared from the profile into OUT/data")
+    tr.add_argument("--overwrite", action="store_true", help="train again over a finished run")
+    tr.set_defaults(func=_train)
 
     assets = sub.add_parser("assets", help="fetch and prepare the embedded models and ComplexFuncBench")
     assets_sub = assets.add_subparsers(dest="assets_command", required=True)

@@ -1,0 +1,194 @@
+"""Supervised fine-tuning with TRL's ``SFTTrainer`` on rendered trajectories.
+
+The rows are tokenized here (``slmlib.encode``), so the loss mask is exactly the renderer's:
+only assistant text is learned, either the last turn (ToolLLaMA) or every turn of a trajectory
+in one sequence. Full fine-tuning or LoRA (peft). Checkpoints every ``save_steps``; the same
+command run again continues from the last one. The output folder gets the model (or adapter),
+its tokenizer, ``rendering.json`` (how to prompt it as it was trained) and a model card.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback, set_seed
+
+from slmlib import encode, models
+from slmlib import toolbench_format as tbf
+from slmlib.config import Profile, TrainConfig
+from slmlib.run import RunExists, atomic_write_json, atomic_write_text
+from slmlib.schema import iter_jsonl
+
+log = logging.getLogger(__name__)
+RENDERING_VERSION = 1
+
+
+class EmptyDataset(ValueError):
+    pass
+
+
+def encode_rows(tasks, tokenizer, loss_on: str, max_length: int) -> tuple[list[dict], int]:
+    """``{"input_ids", "labels", "length"}`` rows; rows longer than the window are dropped and counted."""
+    rows, too_long = [], 0
+    for task in tasks:
+        enc = encode.encode(tbf.segments(task, loss_on), tokenizer)
+        if len(enc) > max_length:
+            too_long += 1
+            continue
+        if enc.n_learned:
+            rows.append({"input_ids": enc.input_ids, "labels": enc.labels, "length": len(enc)})
+    return rows, too_long
+
+
+def per_step_rows(tasks) -> list[dict]:
+    """ToolLLaMA's layout: one row per assistant step, the history up to it as context."""
+    out = []
+    for task in tasks:
+        msgs = task["messages"]
+        for i, m in enumerate(msgs):
+            if m["role"] == "assistant":
+                out.append({**task, "id": f"{task['id']}#{i}", "messages": msgs[: i + 1]})
+    return out
+
+
+def sft_config(cfg: TrainConfig, output_dir: Path, seed: int, n_rows: int, **overrides):
+    from trl import SFTConfig
+    cpu = not torch.cuda.is_available()
+    return SFTConfig(
+        output_dir=str(output_dir), seed=seed, data_seed=seed, report_to=[],
+        num_train_epochs=cfg.epochs, max_steps=cfg.max_steps, learning_rate=cfg.learning_rate,
+        warmup_steps=cfg.warmup_steps, per_device_train_batch_size=cfg.per_device_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation, max_grad_norm=cfg.max_grad_norm,
+        weight_decay=cfg.weight_decay, optim="adamw_torch", lr_scheduler_type="linear",
+        bf16=cfg.precision == "bf16", fp16=cfg.precision == "fp16" and not cpu,
+        gradient_checkpointing=cfg.gradient_checkpointing, save_steps=cfg.save_steps, save_total_limit=2,
+        logging_steps=cfg.logging_steps, logging_first_step=True, max_length=None,
+        train_sampling_strategy="group_by_length" if n_rows > cfg.per_device_batch_size else "random",
+        dataloader_num_workers=0, disable_tqdm=os.environ.get("SLMLIB_DISABLE_TQDM") == "1",
+        use_cpu=cpu, **overrides)
+
+
+class ThroughputLog(TrainerCallback):
+    """Appends every logged step (loss, lr, supervised tokens/s) to ``train_log.jsonl``."""
+
+    def __init__(self, path: Path, learned_per_row: float):
+        self.path, self.learned_per_row = path, learned_per_row
+        self.t0, self.step0 = None, 0
+
+    def on_train_begin(self, args, state, control, **kw):
+        self.t0, self.step0 = time.perf_counter(), state.global_step
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        if not logs or "loss" not in logs:
+            return
+        elapsed = time.perf_counter() - self.t0
+        rows = (state.global_step - self.step0) * args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+        entry = {"step": state.global_step, "epoch": state.epoch, "loss": logs["loss"],
+                 "learning_rate": logs.get("learning_rate"), "elapsed_s": round(elapsed, 2),
+                 "supervised_tokens_per_s": round(rows * self.learned_per_row / elapsed, 1) if elapsed else None}
+        if state.is_world_process_zero:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(entry) + "\n")
+
+
+def apply_lora(model, cfg: TrainConfig):
+    from peft import LoraConfig, get_peft_model
+    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    missing = [t for t in cfg.lora_targets if t not in names]
+    if missing:
+        raise ValueError(f"lora_targets {missing} are not modules of {model.config.model_type} "
+                         f"(linear layers there include: {sorted(n for n in names if 'proj' in n or n.startswith('fc'))})")
+    return get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
+                                            target_modules=list(cfg.lora_targets), task_type="CAUSAL_LM"))
+
+
+def last_checkpoint(folder: Path) -> str | None:
+    ckpts = sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    return str(ckpts[-1]) if ckpts else None
+
+
+def model_card(profile: Profile, summary: dict) -> str:
+    cfg = profile.train
+    load = ("from peft import AutoPeftModelForCausalLM\nmodel = AutoPeftModelForCausalLM.from_pretrained(PATH)"
+            if cfg.method == "lora" else "from transformers import AutoModelForCausalLM\nmodel = AutoModelForCausalLM.from_pretrained(PATH)")
+    return f"""# {profile.model.name} fine-tuned for ToolBench-style tool calling
+
+Trained by `slmlib train` (profile `{profile.name}`), {cfg.method} fine-tuning with TRL's `SFTTrainer`.
+
+| | |
+|---|---|
+| base model | `{profile.model.name}` |
+| training rows | {summary['n_rows']} ({summary['dropped_too_long']} over the window dropped) |
+| supervised tokens | {summary['supervised_tokens']} |
+| optimizer steps | {summary['steps']} |
+| final training loss | {summary['final_loss']:.4f} |
+| wall time | {summary['train_seconds']:.0f} s on {summary['device']} |
+
+Parameters: `{json.dumps(asdict(cfg))}`
+
+Prompt format: ToolBench's ReAct text in ToolLLaMA's template (`rendering.json` says which); the
+next step is generated after `\\nAssistant: ` and parsed by `slmlib.toolbench_format.parse_step`.
+
+```python
+{load}
+from transformers import AutoTokenizer
+tokenizer = AutoTokenizer.from_pretrained(PATH)
+```
+"""
+
+
+def train(profile: Profile, train_file: str | Path, out_dir: str | Path, overwrite: bool = False) -> dict:
+    """Fine-tune per ``profile.train`` on a task file; returns the summary also written to ``train_summary.json``."""
+    from datasets import Dataset
+    from trl import SFTTrainer
+
+    out = Path(out_dir)
+    summary_path = out / "train_summary.json"
+    if summary_path.is_file() and not overwrite:
+        raise RunExists(f"{out} holds a finished training run; pass overwrite to train again")
+    cfg = profile.train
+    set_seed(profile.seed)
+    model, tokenizer = models.load(profile.model.name, dtype="float32")
+    rows, too_long = encode_rows(iter_jsonl(train_file), tokenizer, cfg.loss_on, profile.data.max_length)
+    if not rows:
+        raise EmptyDataset(f"{train_file}: no trajectory with a learned token fits the {profile.data.max_length}-token window")
+    learned = sum(sum(1 for x in r["labels"] if x != encode.IGNORE) for r in rows)
+    if cfg.method == "lora":
+        model = apply_lora(model, cfg)
+    ckpt_dir = out / "checkpoints"
+    args = sft_config(cfg, ckpt_dir, profile.seed, len(rows))
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+                         callbacks=[ThroughputLog(out / "train_log.jsonl", learned / len(rows))])
+    resume = last_checkpoint(ckpt_dir)
+    if resume:
+        log.info("resuming from %s", resume)
+    t0 = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=resume)
+    seconds = time.perf_counter() - t0
+    if not trainer.is_world_process_zero():
+        return {}
+    model_dir = out / "model"
+    trainer.model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    atomic_write_json(model_dir / "rendering.json", {
+        "format": "toolbench-react", "version": RENDERING_VERSION, "template": "toolllama",
+        "loss_on": cfg.loss_on, "max_length": profile.data.max_length,
+        "max_observation_chars": profile.data.max_observation_chars, "base_model": profile.model.name,
+        "method": cfg.method})
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    summary = {"n_rows": len(rows), "dropped_too_long": too_long, "supervised_tokens": learned,
+               "tokens": sum(r["length"] for r in rows), "steps": trainer.state.global_step,
+               "final_loss": losses[-1] if losses else math.nan, "train_loss": result.training_loss,
+               "train_seconds": seconds, "resumed_from": resume, "world_size": trainer.args.world_size,
+               "supervised_tokens_per_s": learned * (trainer.state.epoch or 1) / seconds if seconds else None,
+               "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+               "model_dir": str(model_dir)}
+    atomic_write_text(model_dir / "README.md", model_card(profile, summary))
+    atomic_write_json(summary_path, summary)
+    return summary

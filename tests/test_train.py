@@ -1,0 +1,115 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from slmlib import config, models, schema, train
+from slmlib.data import apibank
+from slmlib.run import RunExists
+
+from conftest import REPO
+
+ENV = {**os.environ, "SLMLIB_DISABLE_TQDM": "1", "HF_HUB_OFFLINE": "1"}
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory, data_root):
+    """12 short real trajectories and a 6-step tiny-opt profile that checkpoints every 2 steps."""
+    folder = tmp_path_factory.mktemp("small")
+    tasks = sorted(list(apibank.tasks(data_root))[:200], key=lambda t: len(json.dumps(t)))[:12]
+    schema.write_jsonl(folder / "train.jsonl", tasks)
+    (folder / "p.yaml").write_text(
+        "model: {name: tiny-opt}\ndata: {max_length: 1024}\n"
+        "train: {max_steps: 6, warmup_steps: 0, learning_rate: 1.0e-3, per_device_batch_size: 2, "
+        "gradient_accumulation: 1, save_steps: 2, logging_steps: 1}\n")
+    return folder
+
+
+def cli(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "slmlib", *args], capture_output=True, text=True, env=ENV, **kw)
+
+
+def train_cmd(small, out):
+    return ["train", "--params", str(small / "p.yaml"), "--out", str(out), "--train-file", str(small / "train.jsonl")]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(small, tmp_path_factory):
+    out = tmp_path_factory.mktemp("full")
+    proc = cli(*train_cmd(small, out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return out, json.loads((out / "train_summary.json").read_text())
+
+
+def test_smoke_profile_trains_from_the_cli(tmp_path):
+    proc = cli("train", "--params", str(REPO / "params" / "smoke.yaml"), "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((tmp_path / "train_summary.json").read_text())
+    assert summary["steps"] == 4 and summary["supervised_tokens"] > 0 and summary["final_loss"] > 0
+    model_dir = tmp_path / "model"
+    rendering = json.loads((model_dir / "rendering.json").read_text())
+    assert rendering["format"] == "toolbench-react" and rendering["loss_on"] == "all"
+    card = (model_dir / "README.md").read_text()
+    assert "tiny-opt" in card and "final training loss" in card
+    model, tok = models.load(str(model_dir))
+    assert model.config.model_type == "opt" and tok.pad_token == "<pad>"
+    log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in log] == [1, 2, 3, 4] and all(e["supervised_tokens_per_s"] > 0 for e in log)
+
+
+def test_kill_and_resume_reaches_the_same_loss(small, uninterrupted, tmp_path):
+    _, full = uninterrupted
+    proc = subprocess.Popen([sys.executable, "-m", "slmlib", *train_cmd(small, tmp_path)], env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = tmp_path / "checkpoints" / "checkpoint-2" / "trainer_state.json"
+    deadline = time.time() + 240
+    while not state.is_file() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert state.is_file() and proc.poll() is None, "the run ended before its first checkpoint"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "train_summary.json").exists()
+    again = cli(*train_cmd(small, tmp_path))
+    assert again.returncode == 0, again.stderr[-2000:]
+    resumed = json.loads((tmp_path / "train_summary.json").read_text())
+    assert resumed["resumed_from"].endswith("checkpoint-2") and resumed["steps"] == full["steps"] == 6
+    assert resumed["final_loss"] == pytest.approx(full["final_loss"], rel=1e-5)
+
+
+def test_two_processes_under_accelerate_launch(small, tmp_path):
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(REPO / "params" / "accelerate" / "ddp.yaml"), "--num_processes", "2",
+           "-m", "slmlib", *train_cmd(small, tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "train_summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == 6
+
+
+def test_lora_saves_an_adapter_and_checks_targets(small, tmp_path):
+    profile = config.load(small / "p.yaml")
+    lora = config.build(config.Profile, {**profile.to_dict(), "train": {**profile.to_dict()["train"], "method": "lora", "max_steps": 2}}, "test")
+    summary = train.train(lora, small / "train.jsonl", tmp_path)
+    assert (tmp_path / "model" / "adapter_config.json").is_file() and summary["steps"] == 2
+    bad = config.build(config.Profile, {**lora.to_dict(), "train": {**lora.to_dict()["train"], "lora_targets": ["o_proj"]}}, "test")
+    with pytest.raises(ValueError, match="o_proj.*not modules of opt"):
+        train.train(bad, small / "train.jsonl", tmp_path / "bad")
+
+
+def test_bad_input_fails_early_and_clearly(small, uninterrupted, tmp_path):
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("train: {learning_rte: 0.1}\n")
+    t0 = time.time()
+    proc = cli("train", "--params", str(typo), "--out", str(tmp_path / "x"))
+    assert proc.returncode != 0 and "learning_rte" in proc.stderr and "typo.yaml" in proc.stderr
+    assert time.time() - t0 < 30 and not (tmp_path / "x").exists()
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(train.EmptyDataset):
+        train.train(config.load(small / "p.yaml"), empty, tmp_path / "e")
+    with pytest.raises(RunExists):
+        train.train(config.load(small / "p.yaml"), small / "train.jsonl", uninterrupted[0])
