@@ -72,6 +72,26 @@ def _train(args) -> int:
     return 0
 
 
+def _evaluate(args) -> int:
+    from slmlib.evaluate import evaluate
+    metrics = evaluate(args.model, args.tasks, args.out, adapter=args.adapter, mode=args.mode, env=args.env,
+                       url=args.url, max_steps=args.max_steps, limit=args.limit, judge_name=args.judge,
+                       batch_size=args.batch_size, temperature=args.temperature, max_new_tokens=args.max_new_tokens,
+                       seed=args.seed, dtype=args.dtype, judge_model=args.judge_model)
+    print(json.dumps({k: v for k, v in metrics.items() if k != "groups"}, indent=2))
+    return 0
+
+
+def _bench_train(args) -> int:
+    from slmlib import bench
+    return bench.main(args)
+
+
+def _bench_eval(args) -> int:
+    from slmlib import bench
+    return bench.main_eval(args)
+
+
 def _run(args) -> int:
     from slmlib import pipeline
     run_dir = pipeline.run_profile(args.params, run_id=args.run_id, overwrite=args.overwrite,
@@ -97,6 +117,51 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--train-file", help="task file of trajectories; default: prepared from the profile into OUT/data")
     tr.add_argument("--overwrite", action="store_true", help="train again over a finished run")
     tr.set_defaults(func=_train)
+
+    ev = sub.add_parser("evaluate", help="roll a model out on a task file and judge it")
+    ev.add_argument("--model", required=True, help="embedded name, folder or Hub id")
+    ev.add_argument("--adapter", help="a LoRA adapter folder (kept separate, not merged)")
+    ev.add_argument("--tasks", required=True, help="task file (JSON Lines, schema v1)")
+    ev.add_argument("--out", required=True, help="folder for predictions.jsonl and metrics.json")
+    ev.add_argument("--mode", choices=("episode", "step"), default="episode")
+    ev.add_argument("--env", choices=("auto", "replay", "stub", "http"), default="auto",
+                    help="auto: replay where a task has recordings, the schema stub elsewhere")
+    ev.add_argument("--url", help="StableToolBench virtual API server, for --env http")
+    ev.add_argument("--max-steps", type=int, default=10, help="tool calls per episode")
+    ev.add_argument("--limit", type=int, default=-1, help="first N tasks; -1 = all")
+    ev.add_argument("--judge", choices=("offline", "tooleval"), default="offline")
+    ev.add_argument("--judge-model", help="model name at the OpenAI-compatible endpoint (OPENAI_BASE_URL, OPENAI_API_KEY)")
+    ev.add_argument("--batch-size", type=int, default=8)
+    ev.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; the paper used 0.1")
+    ev.add_argument("--max-new-tokens", type=int, default=256)
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    ev.set_defaults(func=_evaluate)
+
+    bench = sub.add_parser("bench", help="speed benchmarks that print ratios against a baseline")
+    bench_sub = bench.add_subparsers(dest="bench_command", required=True)
+    bt = bench_sub.add_parser("train", help="our training pipeline vs a plain TRL SFTTrainer baseline")
+    bt.add_argument("--model", default="smollm2-135m-instruct")
+    bt.add_argument("--n-train", type=int, default=12, help="trajectories trained on")
+    bt.add_argument("--n-eval", type=int, default=6, help="held-out trajectories for the final loss")
+    bt.add_argument("--max-length", type=int, default=1024, help="only trajectories that fit whole")
+    bt.add_argument("--steps", type=int, default=4, help="optimizer steps for every variant")
+    bt.add_argument("--batch", type=int, default=2, help="rows per micro-batch")
+    bt.add_argument("--lr", type=float, default=1e-4)
+    bt.add_argument("--seed", type=int, default=0)
+    bt.add_argument("--lora-targets", nargs="+", default=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    bt.add_argument("--variants", nargs="+", default=list(__import__("slmlib.bench").bench.VARIANTS))
+    bt.add_argument("--data-root", default=None)
+    bt.add_argument("--work", default="/tmp/slmlib-bench-train", help="scratch folder")
+    bt.set_defaults(func=_bench_train)
+    be = bench_sub.add_parser("eval", help="batched rollout vs one task at a time")
+    be.add_argument("--model", default="smollm2-135m-instruct")
+    be.add_argument("--n-tasks", type=int, default=8)
+    be.add_argument("--batch-size", type=int, default=8)
+    be.add_argument("--max-steps", type=int, default=3)
+    be.add_argument("--max-new-tokens", type=int, default=128)
+    be.add_argument("--work", default="/tmp/slmlib-bench-eval")
+    be.set_defaults(func=_bench_eval)
 
     assets = sub.add_parser("assets", help="fetch and prepare the embedded models and ComplexFuncBench")
     assets_sub = assets.add_subparsers(dest="assets_command", required=True)

@@ -60,7 +60,7 @@ def per_step_rows(tasks) -> list[dict]:
 def sft_config(cfg: TrainConfig, output_dir: Path, seed: int, n_rows: int, **overrides):
     from trl import SFTConfig
     cpu = not torch.cuda.is_available()
-    return SFTConfig(
+    kwargs = dict(
         output_dir=str(output_dir), seed=seed, data_seed=seed, report_to=[],
         num_train_epochs=cfg.epochs, max_steps=cfg.max_steps, learning_rate=cfg.learning_rate,
         warmup_steps=cfg.warmup_steps, per_device_train_batch_size=cfg.per_device_batch_size,
@@ -70,8 +70,8 @@ def sft_config(cfg: TrainConfig, output_dir: Path, seed: int, n_rows: int, **ove
         gradient_checkpointing=cfg.gradient_checkpointing, save_steps=cfg.save_steps, save_total_limit=2,
         logging_steps=cfg.logging_steps, logging_first_step=True, max_length=None,
         train_sampling_strategy="group_by_length" if n_rows > cfg.per_device_batch_size else "random",
-        dataloader_num_workers=0, disable_tqdm=os.environ.get("SLMLIB_DISABLE_TQDM") == "1",
-        use_cpu=cpu, **overrides)
+        dataloader_num_workers=0, disable_tqdm=os.environ.get("SLMLIB_DISABLE_TQDM") == "1", use_cpu=cpu)
+    return SFTConfig(**{**kwargs, **overrides})
 
 
 class ThroughputLog(TrainerCallback):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import html
 
 import matplotlib.pyplot as plt
+import numpy as np
 import seaborn as sns
 
 from slmlib.encode import IGNORE, Encoded
@@ -34,3 +35,55 @@ def mask_html(enc: Encoded, tokenizer) -> str:
         color = "#c8f7c5" if lab != IGNORE else "#eeeeee"
         spans.append(f'<span style="background:{color}">{text}</span>')
     return '<div style="font-family:monospace;font-size:11px;white-space:pre-wrap">' + "".join(spans) + "</div>"
+
+
+def training_curves(log: list[dict], title: str = ""):
+    """Loss and learning rate per optimizer step, from ``train_log.jsonl``."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.5))
+    steps = [e["step"] for e in log]
+    sns.lineplot(x=steps, y=[e["loss"] for e in log], ax=ax1, marker="o")
+    ax1.set(xlabel="optimizer step", ylabel="training loss (learned tokens)", title=title or "Training loss")
+    sns.lineplot(x=steps, y=[e["learning_rate"] for e in log], ax=ax2, marker="o", color="darkorange")
+    ax2.set(xlabel="optimizer step", ylabel="learning rate", title="Schedule")
+    fig.tight_layout()
+    return fig
+
+
+def pass_rate_by_group(table, task_set: str):
+    """Pass rate per group with 95% Wilson intervals, one bar per model."""
+    t = table[table["task_set"] == task_set]
+    groups, models = list(dict.fromkeys(t["group"])), list(dict.fromkeys(t["model"]))
+    width = 0.8 / max(1, len(models))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(groups) + 2), 4))
+    palette = sns.color_palette(n_colors=max(1, len(models)))
+    for i, (model, color) in enumerate(zip(models, palette)):
+        d = t[t["model"] == model].set_index("group").reindex(groups)
+        x = np.arange(len(groups)) - 0.4 + width * (i + 0.5)
+        ax.bar(x, d["pass_rate"], width, label=model, color=color)
+        ax.errorbar(x, d["pass_rate"], yerr=[d["pass_rate"] - d["ci_low"], d["ci_high"] - d["pass_rate"]],
+                    fmt="none", color="black", capsize=3)
+    ax.set_xticks(range(len(groups)), groups, rotation=20)
+    ax.set(ylim=(0, 1), ylabel="pass rate (offline judge)", title=f"{task_set}: pass rate by group, 95% CI")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def error_breakdown(preds):
+    """Episodes per primary error label, per model (passed episodes included for scale)."""
+    counts = preds.groupby(["model", "label"]).size().rename("episodes").reset_index()
+    fig, ax = plt.subplots(figsize=(9, 4))
+    sns.barplot(data=counts, y="label", x="episodes", hue="model", ax=ax, orient="h")
+    ax.set(title="Primary error label per episode", xlabel="episodes", ylabel="")
+    fig.tight_layout()
+    return fig
+
+
+def speed_and_cost(table):
+    """Seconds per task and hours per 1,000 tasks on this hardware, per model and task set."""
+    t = table[table["group"] == "overall"].assign(hours_per_1000=lambda d: d["seconds_per_task"] * 1000 / 3600)
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    sns.barplot(data=t, x="task_set", y="hours_per_1000", hue="model", ax=ax)
+    ax.set(ylabel="hours per 1,000 tasks", xlabel="", title="Evaluation cost on this machine")
+    fig.tight_layout()
+    return fig

@@ -1,3 +1,4 @@
+import html
 import json
 
 import nbformat
@@ -32,6 +33,48 @@ def test_data_exploration_metrics(smoke_run):
     assert m["tokens_after"] > 0 and m["missing_optional_sources"] == []
     assert (smoke_run / "token_lengths.png").stat().st_size > 10_000
     assert (smoke_run / "data" / "train.jsonl").is_file()
+
+
+@pytest.mark.notebooks
+def test_training_evaluation_and_results_metrics(smoke_run):
+    m = json.loads((smoke_run / "metrics.json").read_text())
+    assert m["train"]["steps"] == 4 and m["train"]["final_loss"] > 0 and m["train"]["device"] == "cpu"
+    assert (smoke_run / "train" / "model" / "README.md").is_file()
+    (label,) = m["eval"]
+    assert label == "tiny-opt-sft" and set(m["eval"][label]) == {"complexfuncbench", "stabletoolbench"}
+    cfb = m["eval"][label]["complexfuncbench"]
+    assert cfb["n_tasks"] == 8 and 0 <= cfb["pass_rate"] <= cfb["pass_rate_ci95"][1] <= 1
+    assert 0 <= cfb["format_valid_rate"] <= 1 and cfb["seconds_per_task"] > 0
+    assert sum(m["errors"].get(label, {}).values()) <= 32
+    assert set(m["results"]) == {f"{label}/complexfuncbench", f"{label}/stabletoolbench"}
+    for name in ("training_curves", "error_breakdown", "pass_rate_complexfuncbench", "speed_cost"):
+        assert (smoke_run / f"{name}.png").stat().st_size > 5_000, name
+
+
+@pytest.mark.notebooks
+def test_error_analysis_renders_the_static_failures_first(smoke_run):
+    nb = nbformat.read(smoke_run / "04_error_analysis.ipynb", as_version=4)
+    html_outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if "text/html" in o.get("data", {})]
+    assert any("example_task" in o["data"]["text/html"] for o in html_outputs)
+    assert any("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+
+
+@pytest.mark.notebooks
+def test_inspector_callbacks_show_the_chosen_trajectory(smoke_run):
+    from slmlib import analysis
+    from slmlib.inspector import ALL, FailureInspector
+    preds = analysis.predictions(smoke_run)
+    inspector = FailureInspector(preds)
+    failed = analysis.failures(preds)
+    target = failed[failed["group"] == "G2_category"].iloc[0]
+    inspector.group.value = "G2_category"
+    assert all(failed.loc[i, "group"] == "G2_category" for _, i in inspector.episode.options)
+    inspector.episode.value = next(i for _, i in inspector.episode.options if failed.loc[i, "id"] == target["id"])
+    assert target["id"] in inspector.view.value and "raw output" in inspector.view.value
+    inspector.step.value = 0
+    assert html.escape(analysis.step_view(target, 0)["raw"])[:40] in inspector.view.value
+    inspector.group.value = ALL
+    assert len(inspector.episode.options) == len(failed)
 
 
 @pytest.mark.notebooks

@@ -1,0 +1,103 @@
+"""Reading evaluation outputs back: ``<run>/eval/<model>/<task set>/{predictions.jsonl, metrics.json}``.
+
+Figures, tables and the failure inspector read these files only, so a results notebook can open
+any earlier run without running anything again.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from slmlib import toolbench_format as tbf
+from slmlib.schema import read_jsonl
+
+# The paper's Table 2 (ToolEval pass rate, %), for the side-by-side table; not comparable to ours.
+PAPER = pd.DataFrame({
+    "group": ["G1_instruction", "G1_category", "G1_tool", "G2_category", "G2_instruction", "G3_instruction", "overall"],
+    "OPT-350M SFT (paper)": [78.5, 74.0, 79.0, 80.5, 74.5, 80.0, 77.55],
+    "ToolLLaMA-DFS": [32.5, 32.5, 28.0, 32.5, 29.5, 22.0, 30.18],
+    "ChatGPT-CoT": [33.0, 29.5, 29.5, 24.5, 24.0, 5.0, 26.00],
+})
+
+
+def eval_dirs(run_path: str | Path) -> list[tuple[str, str, Path]]:
+    """``(model label, task set, folder)`` of every finished evaluation in a run."""
+    base = Path(run_path) / "eval"
+    return [(d.parent.name, d.name, d) for d in sorted(base.glob("*/*")) if (d / "metrics.json").is_file()]
+
+
+def metrics_table(run_path: str | Path) -> pd.DataFrame:
+    """One row per (model, task set, group) and one per (model, task set) overall."""
+    rows = []
+    for model, task_set, d in eval_dirs(run_path):
+        m = json.loads((d / "metrics.json").read_text())
+        for group, g in [("overall", m), *m.get("groups", {}).items()]:
+            lo, hi = g["pass_rate_ci95"]
+            rows.append({"model": model, "task_set": task_set, "group": group, "n": g["n_tasks"],
+                         "pass_rate": g["pass_rate"], "ci_low": lo, "ci_high": hi,
+                         "format_valid_rate": g["format_valid_rate"], "hallucinated_tool_rate": g["hallucinated_tool_rate"],
+                         "call_match_rate": g["call_match_rate"], "seconds_per_task": g["seconds_per_task"]})
+    return pd.DataFrame(rows)
+
+
+def predictions(run_path: str | Path) -> pd.DataFrame:
+    """Every judged episode of every model: one row each, with the task it answered."""
+    rows = []
+    for model, task_set, d in eval_dirs(run_path):
+        tasks = {t["id"]: t for t in read_jsonl(Path(run_path) / "data" / f"test_{task_set}.jsonl")}
+        for line in (d / "predictions.jsonl").read_text(encoding="utf-8").splitlines():
+            r = json.loads(line)
+            rows.append({"model": model, "task_set": task_set, "id": r["id"], "group": r["group"],
+                         "passed": r["verdict"]["passed"], "label": r["verdict"]["label"] or "passed",
+                         "detail": r["verdict"]["detail"], "steps": len(r["steps"]), "record": r, "task": tasks.get(r["id"])})
+    return pd.DataFrame(rows)
+
+
+def failures(preds: pd.DataFrame) -> pd.DataFrame:
+    return preds[~preds["passed"]].reset_index(drop=True)
+
+
+def failure_table(preds: pd.DataFrame, top: int = 20) -> pd.DataFrame:
+    """The most common failure labels per model with one example each."""
+    f = failures(preds)
+    if f.empty:
+        return pd.DataFrame(columns=["model", "label", "count", "example_task", "example_detail"])
+    g = f.groupby(["model", "label"])
+    out = g.size().rename("count").reset_index()
+    first = g.first().reset_index()[["model", "label", "id", "detail"]]
+    out = out.merge(first, on=["model", "label"]).rename(columns={"id": "example_task", "detail": "example_detail"})
+    return out.sort_values(["model", "count"], ascending=[True, False]).head(top).reset_index(drop=True)
+
+
+def worst_calls(preds: pd.DataFrame, top: int = 10) -> pd.DataFrame:
+    """Tool calls that most often went wrong (by label), with the name the model used."""
+    rows = []
+    for _, r in failures(preds).iterrows():
+        steps = [s for s in r["record"]["steps"] if "step" in s]
+        last = steps[-1]["step"] if steps else None
+        rows.append({"model": r["model"], "label": r["label"], "action": last["action"] if last else "(none parsed)"})
+    if not rows:
+        return pd.DataFrame(columns=["model", "label", "action", "count"])
+    return (pd.DataFrame(rows).value_counts().rename("count").reset_index().head(top))
+
+
+def step_view(row: pd.Series, index: int) -> dict[str, str]:
+    """What the inspector shows for step ``index`` of one episode: prompt, raw output, parsed and expected call, observation."""
+    record, task = row["record"], row["task"] or {}
+    steps = record["steps"]
+    s = steps[min(index, len(steps) - 1)] if steps else {}
+    history = record["messages"][: _history_len(record, index)]
+    prompt = tbf.text(tbf.prompt_segments({**task, "messages": history})) if task else ""
+    gold = task.get("gold_calls") or [{"name": n} for n in task.get("relevant_tools", [])]
+    return {"prompt": prompt, "raw": s.get("raw", ""), "parsed": json.dumps(s.get("step"), ensure_ascii=False, indent=1),
+            "expected": json.dumps(gold, ensure_ascii=False, indent=1), "observation": s.get("observation", ""),
+            "verdict": f"{row['label']}: {row['detail']}"}
+
+
+def _history_len(record: dict, index: int) -> int:
+    """Messages before step ``index``: the task's own, then two per step that was acted on."""
+    first = len(record["messages"]) - sum(1 + ("observation" in s) for s in record["steps"] if "step" in s)
+    done = record["steps"][:index]
+    return first + sum(1 + ("observation" in s) for s in done if "step" in s)

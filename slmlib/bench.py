@@ -1,0 +1,194 @@
+"""``python -m slmlib bench train`` and ``bench eval``: our pipeline against a plain baseline.
+
+``bench eval`` runs the same ComplexFuncBench tasks with the batched rollout (early stop at each
+step's end) and with one task at a time running ``generate`` to the token limit, checks that the
+greedy trajectories are the same, and prints ``speedup: R.RRx`` in tasks per second.
+
+``bench train``:
+
+Both see the same trajectories and learn the same assistant tokens in the same number of
+optimizer steps. The baseline is ToolLLaMA's layout (one row per assistant step, the history
+re-read each time), TRL's default collator, random order, fp32. The variants add one lever at a
+time: every assistant turn of a trajectory in one sequence, length-grouped batches, bf16
+autocast, LoRA. Each run is a child process (its own peak RSS); the final loss of each model is
+measured on the same held-out trajectories. Prints a table and ``speedup: R.RRx`` (baseline wall
+time over ours: every turn in one sequence, length-grouped, bf16; LoRA is measured beside it
+but not chosen, since at the same learning rate it does not reach the same loss).
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+VARIANTS = {
+    "baseline": {"rows": "per_step", "precision": "fp32", "sampler": "random", "method": "full"},
+    "one_sequence": {"rows": "trajectory", "precision": "fp32", "sampler": "random", "method": "full"},
+    "one_sequence+grouped+bf16": {"rows": "trajectory", "precision": "bf16", "sampler": "group_by_length", "method": "full"},
+    "one_sequence+grouped+bf16+lora": {"rows": "trajectory", "precision": "bf16", "sampler": "group_by_length", "method": "lora"},
+}
+OURS = "one_sequence+grouped+bf16"
+
+
+def select(model: str, n_train: int, n_eval: int, max_length: int, seed: int, data_root: str) -> tuple[list, list]:
+    """Multi-step ComplexFuncBench and glaive trajectories that fit ``max_length`` whole."""
+    from slmlib import budget, data, models
+    from slmlib import toolbench_format as tbf
+    count = budget.make_counter(models.load_tokenizer(model))
+    pool = [*data.load("complexfuncbench", data_root, "train")]
+    if data.available("glaive", data_root):
+        pool += list(data.load("glaive", data_root))
+    fits = []
+    for task in pool:
+        budget.truncate_observations(task, 1024)
+        if sum(m["role"] == "assistant" for m in task["messages"]) >= 2 and count(tbf.segments(task, "all")) <= max_length:
+            fits.append(task)
+    random.Random(seed).shuffle(fits)
+    return fits[:n_train], fits[n_train:n_train + n_eval]
+
+
+def eval_loss(model, tokenizer, tasks) -> float:
+    """Mean loss per learned token, every assistant turn, fp32, teacher-forced."""
+    import torch
+    from slmlib import encode
+    from slmlib import toolbench_format as tbf
+    total, n = 0.0, 0
+    model.eval()
+    with torch.no_grad():
+        for task in tasks:
+            enc = encode.encode(tbf.segments(task, "all"), tokenizer)
+            ids, labels = torch.tensor([enc.input_ids]), torch.tensor([enc.labels])
+            logits = model(input_ids=ids).logits.float()
+            loss = torch.nn.functional.cross_entropy(logits[0, :-1], labels[0, 1:], ignore_index=-100, reduction="sum")
+            total, n = total + loss.item(), n + int((labels[0, 1:] != -100).sum())
+    return total / n
+
+
+def run_one(spec: dict) -> dict:
+    """One training run as the child process of :func:`main` (reads and prints JSON)."""
+    import torch
+    from datasets import Dataset
+    from transformers import set_seed
+    from trl import SFTTrainer
+    from slmlib import config, models, train
+    from slmlib.schema import read_jsonl
+    v = VARIANTS[spec["variant"]]
+    set_seed(spec["seed"])
+    model, tokenizer = models.load(spec["model"])
+    tasks = read_jsonl(spec["train_file"])
+    rows_in = train.per_step_rows(tasks) if v["rows"] == "per_step" else tasks
+    loss_on = "last" if v["rows"] == "per_step" else "all"
+    rows, _ = train.encode_rows(rows_in, tokenizer, loss_on, 1 << 30)
+    batch = spec["batch"]
+    accumulation = math.ceil(len(rows) / (batch * spec["steps"]))
+    cfg = config.TrainConfig(method=v["method"], max_steps=spec["steps"], learning_rate=spec["lr"], warmup_steps=0,
+                             per_device_batch_size=batch, gradient_accumulation=accumulation,
+                             precision=v["precision"], lora_targets=spec["lora_targets"], save_steps=10**6,
+                             logging_steps=1)
+    if v["method"] == "lora":
+        model = train.apply_lora(model, cfg)
+    args = train.sft_config(cfg, Path(spec["out"]), spec["seed"], len(rows), save_strategy="no", disable_tqdm=True)
+    args.train_sampling_strategy = v["sampler"]
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    t0 = time.perf_counter()
+    trainer.train()
+    wall = time.perf_counter() - t0
+    merged = trainer.model.merge_and_unload() if v["method"] == "lora" else trainer.model
+    learned = sum(sum(1 for x in r["labels"] if x != -100) for r in rows)
+    return {"variant": spec["variant"], "rows": len(rows), "tokens": sum(r["length"] for r in rows),
+            "supervised_tokens": learned, "steps": trainer.state.global_step, "wall_s": wall,
+            "supervised_tokens_per_s": learned / wall,
+            "eval_loss": eval_loss(merged.float(), tokenizer, read_jsonl(spec["eval_file"])),
+            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+            "threads": torch.get_num_threads()}
+
+
+def main(args) -> int:
+    from slmlib.config import REPO
+    from slmlib.schema import write_jsonl
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    train_tasks, eval_tasks = select(args.model, args.n_train, args.n_eval, args.max_length, args.seed,
+                                     str(REPO / "../shared/data") if args.data_root is None else args.data_root)
+    write_jsonl(work / "train.jsonl", train_tasks)
+    write_jsonl(work / "eval.jsonl", eval_tasks)
+    results = []
+    for variant in args.variants:
+        spec = {"variant": variant, "model": args.model, "seed": args.seed, "steps": args.steps, "lr": args.lr,
+                "batch": args.batch, "train_file": str(work / "train.jsonl"), "eval_file": str(work / "eval.jsonl"),
+                "out": str(work / variant), "lora_targets": args.lora_targets}
+        proc = subprocess.run([sys.executable, "-m", "slmlib.bench", json.dumps(spec)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"bench variant {variant} failed:\n{proc.stderr[-3000:]}")
+        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        print(json.dumps(results[-1]), file=sys.stderr, flush=True)
+    base = results[0]
+    print(f"model {args.model}, {len(train_tasks)} trajectories ({base['supervised_tokens']} supervised tokens), "
+          f"{args.steps} optimizer steps, lr {args.lr}, held-out loss on {len(eval_tasks)} trajectories")
+    print(f"{'variant':34} {'rows':>5} {'tokens':>7} {'sup.tok/s':>9} {'wall s':>8} {'eval loss':>9} {'Δloss':>7} {'RSS GB':>6} {'speed':>6}")
+    for r in results:
+        print(f"{r['variant']:34} {r['rows']:5d} {r['tokens']:7d} {r['supervised_tokens_per_s']:9.1f} {r['wall_s']:8.1f} "
+              f"{r['eval_loss']:9.4f} {100 * (r['eval_loss'] / base['eval_loss'] - 1):+6.2f}% {r['peak_rss_gb']:6.2f} "
+              f"{base['wall_s'] / r['wall_s']:5.2f}x")
+    (work / "results.json").write_text(json.dumps(results, indent=2))
+    ours = next((r for r in results if r["variant"] == OURS), results[-1])
+    print(f"speedup: {base['wall_s'] / ours['wall_s']:.2f}x")
+    return 0
+
+
+def eval_one(spec: dict) -> dict:
+    """One rollout configuration as a child process: batched with early stop, or one task at a time."""
+    from slmlib import envs, models, rollout
+    from slmlib.schema import read_jsonl
+    model, tok = models.load(spec["model"])
+    tasks = read_jsonl(spec["tasks_file"])
+    dec = rollout.Decoding(max_steps=spec["max_steps"], max_new_tokens=spec["max_new_tokens"],
+                           early_stop=spec["batched"], max_context=8192)
+    t0 = time.perf_counter()
+    eps = list(rollout.run(model, tok, tasks, envs.make("replay"), dec, batch_size=spec["batch_size"] if spec["batched"] else 1))
+    wall = time.perf_counter() - t0
+    return {"config": "batched" if spec["batched"] else "one_at_a_time", "tasks": len(tasks), "wall_s": wall,
+            "tasks_per_s": len(tasks) / wall, "seconds_per_task": wall / len(tasks),
+            "steps": sum(len(e.steps) for e in eps), "new_tokens": sum(e.new_tokens for e in eps),
+            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+            "outputs": {e.task["id"]: [s["raw"] for s in e.steps] for e in eps}}
+
+
+def main_eval(args) -> int:
+    from slmlib.data import complexfuncbench
+    from slmlib.schema import write_jsonl
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    tasks = list(complexfuncbench.tasks("test"))[: args.n_tasks]
+    write_jsonl(work / "tasks.jsonl", tasks)
+    results = []
+    for batched in (False, True):
+        spec = {"model": args.model, "tasks_file": str(work / "tasks.jsonl"), "max_steps": args.max_steps,
+                "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "batched": batched}
+        proc = subprocess.run([sys.executable, "-m", "slmlib.bench", "eval", json.dumps(spec)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"bench eval failed:\n{proc.stderr[-3000:]}")
+        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    base, ours = results
+    same = sum(base["outputs"][k] == ours["outputs"].get(k) for k in base["outputs"])
+    print(f"model {args.model}, {len(tasks)} ComplexFuncBench test tasks, replay, greedy, <= {args.max_steps} steps, "
+          f"<= {args.max_new_tokens} new tokens a step, batch {args.batch_size}")
+    print(f"{'config':16} {'tasks/s':>8} {'s/task':>8} {'steps':>6} {'new tok':>8} {'RSS GB':>7}")
+    for r in results:
+        print(f"{r['config']:16} {r['tasks_per_s']:8.4f} {r['seconds_per_task']:8.2f} {r['steps']:6d} {r['new_tokens']:8d} {r['peak_rss_gb']:7.2f}")
+    print(f"identical greedy trajectories: {same}/{len(base['outputs'])}")
+    (work / "results.json").write_text(json.dumps(results, indent=2))
+    print(f"speedup: {ours['tasks_per_s'] / base['tasks_per_s']:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "eval":
+        print(json.dumps(eval_one(json.loads(sys.argv[2]))))
+    else:
+        print(json.dumps(run_one(json.loads(sys.argv[1]))))

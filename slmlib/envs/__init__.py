@@ -1,0 +1,44 @@
+"""Environments that answer a model's tool calls with ToolBench-style observations.
+
+Every environment returns the observation text ``{"error": ..., "response": ...}`` for a call
+that parsed; ``replay`` answers from a task's recorded responses, ``stub`` from the tool's JSON
+Schema and ``template_response``, ``http`` from StableToolBench's virtual API server.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Protocol
+
+MAX_OBSERVATION = 1024  # ToolBench cuts observations to 1,024 characters and appends "..."
+
+
+class Environment(Protocol):
+    def call(self, task: dict, name: str, arguments: dict) -> str: ...
+
+
+def observation(response: Any = "", error: str = "") -> str:
+    text = json.dumps({"error": error, "response": response}, ensure_ascii=False)
+    return text if len(text) <= MAX_OBSERVATION else text[:MAX_OBSERVATION] + "..."
+
+
+def no_such_function(name: str) -> str:
+    return observation(error=f"No such function name: {name}")
+
+
+def tool_of(task: dict, name: str) -> dict | None:
+    return next((t for t in task["tools"] if t["name"] == name), None)
+
+
+def make(kind: str, url: str | None = None) -> Environment:
+    from slmlib.envs.http import HttpEnv
+    from slmlib.envs.replay import ReplayEnv
+    from slmlib.envs.stub import StubEnv
+    if kind == "replay":
+        return ReplayEnv()
+    if kind == "stub":
+        return StubEnv()
+    if kind == "http":
+        if not url:
+            raise ValueError("the http environment needs the virtual API server's URL")
+        return HttpEnv(url)
+    raise ValueError(f"unknown environment {kind!r}: replay, stub or http")

@@ -1,0 +1,168 @@
+"""``python -m slmlib evaluate``: roll a model out on a task file and judge every episode.
+
+``predictions.jsonl`` gets one line per task as soon as it finishes (so a crash loses nothing and
+a rerun skips what is done); ``metrics.json`` is written atomically at the end. ``--mode step``
+scores next-step prediction against the gold trajectory instead (teacher-forced, fast).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from slmlib import encode, envs, judge, models, rollout
+from slmlib import toolbench_format as tbf
+from slmlib.run import atomic_write_json
+from slmlib.schema import FINISH, assistant_call, read_jsonl
+from slmlib.values import same_value
+
+
+def load_model(name: str, adapter: str | None = None, dtype: str = "float32"):
+    model, tok = models.load(name, dtype=dtype)
+    if adapter:
+        from peft import PeftModel
+        model = PeftModel.from_pretrained(model, adapter).eval()  # no merge: the adapter stays separate
+    return model, tok
+
+
+def done_ids(path: Path) -> set[str]:
+    if not path.is_file():
+        return set()
+    ids = set()
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            ids.add(json.loads(line)["id"])
+        except (json.JSONDecodeError, KeyError):
+            continue  # a line cut by a crash is redone
+    return ids
+
+
+def append_line(path: Path, record: dict) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+class AutoEnv:
+    """Replay for tasks with recordings, the schema stub for the rest."""
+
+    def __init__(self):
+        self.replay, self.stub = envs.make("replay"), envs.make("stub")
+
+    def call(self, task: dict, name: str, arguments: dict) -> str:
+        return (self.replay if task.get("replay") else self.stub).call(task, name, arguments)
+
+
+def gold_trajectory(task: dict) -> list[dict]:
+    """The task's own trajectory, or one built from ``gold_calls`` and ``replay`` (in order)."""
+    if any(m["role"] == "assistant" for m in task["messages"]):
+        return task["messages"]
+    replay = envs.make("replay")
+    msgs = list(task["messages"])
+    for rec in task.get("replay", []):
+        msgs.append(assistant_call(rec["name"], rec["arguments"]))
+        msgs.append({"role": "tool", "name": rec["name"], "content": replay.call(task, rec["name"], rec["arguments"])})
+    return msgs
+
+
+def step_mode(model, tok, tasks: list[dict], out: Path, dec: rollout.Decoding, batch_size: int) -> dict:
+    """Teacher-forced next-step prediction over every assistant turn of the gold trajectories."""
+    items = []
+    for task in tasks:
+        msgs = gold_trajectory(task)
+        for i, m in enumerate(msgs):
+            if m["role"] == "assistant":
+                items.append((task, msgs[:i], tbf.message_step(m)))
+    results = []
+    t0 = time.perf_counter()
+    for b in range(0, len(items), batch_size):
+        chunk = items[b:b + batch_size]
+        prompts = [encode.encode(tbf.prompt_segments({**t, "messages": h}), tok, add_eos=False).input_ids for t, h, _ in chunk]
+        texts, _ = rollout._generate(model, tok, prompts, dec)
+        for (task, _, gold), text in zip(chunk, texts):
+            parsed = tbf.parse_step(text)
+            ok = isinstance(parsed, tbf.Step)
+            name_ok = ok and parsed.action == gold.action
+            results.append({"id": task["id"], "group": task["group"], "raw": text, "gold_action": gold.action,
+                            "format_valid": ok, "name_match": name_ok,
+                            "call_match": name_ok and same_value(gold.arguments(), parsed.arguments())})
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "step_predictions.jsonl", "w", encoding="utf-8") as f:
+        for r in results:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    n = len(results)
+    metrics = {"mode": "step", "n_steps": n, "n_tasks": len(tasks),
+               "step_format_valid_rate": sum(r["format_valid"] for r in results) / n if n else 0.0,
+               "step_name_accuracy": sum(r["name_match"] for r in results) / n if n else 0.0,
+               "step_call_match_rate": sum(r["call_match"] for r in results) / n if n else 0.0,
+               "finish_step_accuracy": _rate([r["name_match"] for r in results if r["gold_action"] == FINISH]),
+               "seconds_per_step": (time.perf_counter() - t0) / n if n else 0.0}
+    atomic_write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def _rate(xs: list[bool]) -> float:
+    return sum(xs) / len(xs) if xs else 0.0
+
+
+def evaluate(model: str, tasks_file: str | Path, out_dir: str | Path, *, adapter: str | None = None,
+             mode: str = "episode", env: str = "auto", url: str | None = None, max_steps: int = 10,
+             limit: int = -1, judge_name: str = "offline", batch_size: int = 8, temperature: float = 0.0,
+             max_new_tokens: int = 256, seed: int = 0, dtype: str = "float32", judge_model: str | None = None) -> dict[str, Any]:
+    tasks = read_jsonl(tasks_file)  # a malformed file stops here, before any model loads
+    if limit >= 0:
+        tasks = tasks[:limit]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    mdl, tok = load_model(model, adapter, dtype)
+    window = min(getattr(mdl.config, "max_position_embeddings", 2048) or 2048, 8192)
+    dec = rollout.Decoding(max_steps=max_steps, max_new_tokens=max_new_tokens, temperature=temperature,
+                           max_context=window, seed=seed)
+    if mode == "step":
+        return step_mode(mdl, tok, tasks, out, dec, batch_size)
+    environment = AutoEnv() if env == "auto" else envs.make(env, url)
+    preds = out / "predictions.jsonl"
+    skip = done_ids(preds)
+    by_id = {t["id"]: t for t in tasks}
+    todo = [t for t in tasks if t["id"] not in skip]
+    for ep in rollout.run(mdl, tok, todo, environment, dec, batch_size):
+        record = rollout.episode_record(ep)
+        record["declared_tools"] = [t["name"] for t in ep.task["tools"]]
+        record["verdict"] = judge.judge(ep.task, record)
+        append_line(preds, record)
+    records = [r for r in (json.loads(line) for line in preds.read_text(encoding="utf-8").splitlines() if line.strip())
+               if r["id"] in by_id]
+    if judge_name == "tooleval":
+        from slmlib import tooleval
+        tooleval.rejudge(records, by_id, model=judge_model)
+    metrics = {"mode": "episode", "model": model, "adapter": adapter, "tasks": str(tasks_file), "judge": judge_name,
+               "max_steps": max_steps, "temperature": temperature, **judge.metrics(records)}
+    atomic_write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def evaluate_run(profile, run_path: str | Path) -> dict[str, dict[str, dict]]:
+    """The fine-tuned model of a run and the profile's baselines on every test set the run prepared.
+
+    Writes ``<run>/eval/<model label>/<task set>/``; returns their metrics by label and task set.
+    """
+    run = Path(run_path)
+    trained = run / "train" / "model"
+    contenders = []
+    if trained.is_dir():
+        lora = (trained / "adapter_config.json").is_file()
+        contenders.append((f"{Path(profile.model.name).name}-sft", profile.model.name if lora else str(trained),
+                           str(trained) if lora else None))
+    contenders += [(name, name, None) for name in profile.eval.baselines]
+    results: dict[str, dict[str, dict]] = {}
+    for label, model, adapter in contenders:
+        for task_file in sorted(run.glob("data/test_*.jsonl")):
+            task_set = task_file.stem.removeprefix("test_")
+            results.setdefault(label, {})[task_set] = evaluate(
+                model, task_file, run / "eval" / label / task_set, adapter=adapter, max_steps=profile.eval.max_steps,
+                batch_size=profile.eval.batch_size, temperature=profile.eval.temperature,
+                max_new_tokens=profile.eval.max_new_tokens, seed=profile.seed)
+    return results

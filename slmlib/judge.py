@@ -1,0 +1,155 @@
+"""The offline, deterministic judge: one verdict and one primary error label per episode.
+
+A task passes when the episode ends with ``Finish`` / ``give_answer`` and a non-empty answer
+within the budget, every step parsed, no undeclared tool was called, no call was repeated more
+than twice, and the calls match ``gold_calls`` (BFCL semantics: each expected call matched once,
+values among the acceptable ones, ``""`` = may be omitted, no unexpected arguments, types
+checked; further calls are allowed) or, with only ``relevant_tools``, every relevant tool was
+called with schema-valid arguments. ``"gold_calls": []`` passes only when no tool was called.
+"""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Any
+
+from slmlib.errors import ErrorLabel
+from slmlib.schema import FINISH
+from slmlib.values import same_type, same_value, schema_errors
+
+REPEAT_LIMIT = 2
+
+
+def calls_of(record: dict) -> list[tuple[str, dict]]:
+    out = []
+    for step in record["steps"]:
+        s = step.get("step")
+        if s and s["action"] != FINISH:
+            out.append((s["action"], json.loads(s["action_input"])))
+    return out
+
+
+def match_gold(gold: dict, made: dict) -> tuple[ErrorLabel, str] | None:
+    """Why ``made`` does not satisfy one gold call (same name assumed), or None when it does."""
+    expected = gold.get("arguments", {})
+    for key, acceptable in expected.items():
+        if key not in made:
+            if "" not in acceptable:
+                return ErrorLabel.MISSING_REQUIRED, f"{gold['name']}: missing '{key}'"
+            continue
+        if any(same_value(a, made[key]) for a in acceptable if a != ""):
+            continue
+        if not any(same_type(a, made[key]) for a in acceptable if a != ""):
+            return ErrorLabel.TYPE_ERROR, f"{gold['name']}.{key}: {made[key]!r} has the wrong type (expected like {acceptable[0]!r})"
+        return ErrorLabel.VALUE_ERROR, f"{gold['name']}.{key}: {made[key]!r} not in {acceptable[:3]!r}"
+    extra = [k for k in made if k not in expected]
+    if extra:
+        return ErrorLabel.UNEXPECTED_PARAM, f"{gold['name']}: unexpected {extra}"
+    return None
+
+
+def judge(task: dict, record: dict) -> dict:
+    """``{"passed", "label", "detail", "matched_calls", "expected_calls", "names_right"}`` for one episode."""
+    declared = {t["name"] for t in task["tools"]}
+    calls = calls_of(record)
+    gold = task.get("gold_calls")
+    relevant = task.get("relevant_tools", [])
+    expected = len(gold) if gold is not None else len(relevant)
+    verdict = {"passed": False, "label": None, "detail": "", "matched_calls": 0, "expected_calls": expected,
+               "names_right": 0}
+
+    def fail(label: ErrorLabel, detail: str) -> dict:
+        verdict.update(label=label.value, detail=detail)
+        return verdict
+
+    # quality of the calls, counted even when the episode fails for another reason
+    made_names = Counter(name for name, _ in calls)
+    if gold is not None:
+        verdict["names_right"] = sum(min(n, made_names[g]) for g, n in Counter(c["name"] for c in gold).items())
+        used, failures = set(), []
+        for g in gold:
+            candidates = [i for i, (name, _) in enumerate(calls) if name == g["name"] and i not in used]
+            hit = next((i for i in candidates if match_gold(g, calls[i][1]) is None), None)
+            if hit is not None:
+                used.add(hit)
+                verdict["matched_calls"] += 1
+            elif candidates:
+                failures.append(match_gold(g, calls[candidates[-1]][1]))
+            else:
+                other = [n for n in made_names if n in declared and n not in {c["name"] for c in gold}]
+                failures.append((ErrorLabel.WRONG_FUNC_NAME, f"called {other} instead of {g['name']}") if other
+                                else (ErrorLabel.MISSING_CALL, f"{g['name']} was never called"))
+    else:
+        failures = []
+        for name in relevant:
+            args = [a for n, a in calls if n == name]
+            if not args:
+                failures.append((ErrorLabel.MISSING_CALL, f"{name} was never called"))
+                continue
+            verdict["names_right"] += 1
+            tool = next(t for t in task["tools"] if t["name"] == name)
+            errors = [schema_errors(tool, a) for a in args]
+            if all(errors):
+                failures.append(errors[-1][0])
+            else:
+                verdict["matched_calls"] += 1
+
+    if record.get("failure") and record["failure"][0] != ErrorLabel.NO_FINISH.value:
+        return fail(ErrorLabel(record["failure"][0]), record["failure"][1])
+    unknown = [n for n in made_names if n not in declared]
+    if unknown:
+        return fail(ErrorLabel.UNKNOWN_TOOL, f"called undeclared {unknown}")
+    repeats = Counter(json.dumps([n, a], sort_keys=True) for n, a in calls)
+    if repeats and max(repeats.values()) > REPEAT_LIMIT:
+        return fail(ErrorLabel.REPEATED_CALL, f"the same call {max(repeats.values())} times")
+    finish = record.get("finish")
+    if finish is None:
+        return fail(ErrorLabel.NO_FINISH, record["failure"][1] if record.get("failure") else "no Finish within the step budget")
+    if finish.get("return_type") == "give_up_and_restart":
+        return fail(ErrorLabel.GIVE_UP, "Finish with give_up_and_restart")
+    answer = finish.get("final_answer")
+    if finish.get("return_type") != "give_answer" or not isinstance(answer, str) or not answer.strip():
+        return fail(ErrorLabel.EMPTY_ANSWER, f"Finish arguments {finish!r}")
+    if gold == [] and calls:
+        return fail(ErrorLabel.IRRELEVANCE, f"{len(calls)} calls where none was expected")
+    if failures:
+        return fail(*failures[0])
+    verdict["passed"] = True
+    return verdict
+
+
+def wilson(passed: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    if n == 0:
+        return (0.0, 0.0)
+    p = passed / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def metrics(records: list[dict]) -> dict[str, Any]:
+    """Aggregate scored predictions; the overall pass rate weights groups by their task counts."""
+    def agg(rs: list[dict]) -> dict[str, Any]:
+        n = len(rs)
+        steps = [s for r in rs for s in r["steps"]]
+        calls = [s["step"]["action"] for r in rs for s in r["steps"] if s.get("step") and s["step"]["action"] != FINISH]
+        declared = [set(r["declared_tools"]) for r in rs for s in r["steps"] if s.get("step") and s["step"]["action"] != FINISH]
+        passed = sum(r["verdict"]["passed"] for r in rs)
+        expected = sum(r["verdict"]["expected_calls"] for r in rs)
+        seconds = sum(r["seconds"] for r in rs)
+        return {
+            "n_tasks": n, "pass_rate": passed / n if n else 0.0, "pass_rate_ci95": list(wilson(passed, n)),
+            "format_valid_rate": sum("error" not in s for s in steps) / len(steps) if steps else 0.0,
+            "finish_rate": sum(bool(r["finish"]) for r in rs) / n if n else 0.0,
+            "give_up_rate": sum(bool(r["finish"]) and r["finish"].get("return_type") == "give_up_and_restart" for r in rs) / n if n else 0.0,
+            "hallucinated_tool_rate": sum(c not in d for c, d in zip(calls, declared)) / len(calls) if calls else 0.0,
+            "tool_name_accuracy": sum(r["verdict"]["names_right"] for r in rs) / expected if expected else 0.0,
+            "call_match_rate": sum(r["verdict"]["matched_calls"] for r in rs) / expected if expected else 0.0,
+            "avg_steps": sum(len(r["steps"]) for r in rs) / n if n else 0.0,
+            "seconds_per_task": seconds / n if n else 0.0,
+            "tokens_per_second": sum(r["new_tokens"] for r in rs) / seconds if seconds else 0.0,
+            "error_labels": dict(Counter(r["verdict"]["label"] for r in rs if r["verdict"]["label"])),
+        }
+    groups = sorted({r["group"] for r in records})
+    return {**agg(records), "groups": {g: agg([r for r in records if r["group"] == g]) for g in groups}}

@@ -1,0 +1,193 @@
+"""The ReAct loop: generate one step, parse it, act in an environment, append the observation.
+
+Episodes run batched: up to ``batch_size`` tasks share each ``generate`` call (left padding), a
+task that finishes leaves the batch and the next waiting task takes its place. Generation of a
+step stops as soon as its Action Input is a complete JSON object (or the model starts another
+turn, or ends the sequence) instead of running to the token limit.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator
+
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
+
+from slmlib import encode
+from slmlib import toolbench_format as tbf
+from slmlib.errors import ErrorLabel
+from slmlib.schema import FINISH
+
+TURN_MARKERS = ("\nFunction:", "\nUser:", "\nAssistant:", "\nSystem:")
+
+
+def json_end(text: str, start: int) -> int | None:
+    """Index just past the JSON object that starts at ``text[start:]`` (after spaces), or None."""
+    i = start
+    while i < len(text) and text[i] in " \t":
+        i += 1
+    if i >= len(text) or text[i] != "{":
+        return None
+    depth, in_str, esc = 0, False, False
+    for j in range(i, len(text)):
+        c = text[j]
+        if in_str:
+            if esc:
+                esc = False
+            elif c == "\\":
+                esc = True
+            elif c == '"':
+                in_str = False
+        elif c == '"':
+            in_str = True
+        elif c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
+            if depth == 0:
+                return j + 1
+    return None
+
+
+def step_end(text: str) -> int | None:
+    """Where a generated step is complete: after its Action Input object, or at a turn marker."""
+    cut = min((i for i in (text.find(m) for m in TURN_MARKERS) if i >= 0), default=None)
+    k = text.find(tbf.ACTION_INPUT)
+    if k >= 0 and (cut is None or k < cut):
+        end = json_end(text, k + len(tbf.ACTION_INPUT))
+        if end is not None:
+            return end
+        line_end = text.find("\n", k + len(tbf.ACTION_INPUT))  # not an object: the line ends it
+        if line_end >= 0 and not text[k + len(tbf.ACTION_INPUT):].lstrip().startswith("{"):
+            return line_end
+    return cut
+
+
+class StopAtStepEnd(StoppingCriteria):
+    def __init__(self, tokenizer, prompt_len: int):
+        self.tokenizer, self.prompt_len = tokenizer, prompt_len
+
+    def __call__(self, input_ids, scores, **kwargs):
+        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_len:], skip_special_tokens=True)
+        return torch.tensor([step_end(t) is not None for t in texts], device=input_ids.device)
+
+
+@dataclass
+class Episode:
+    """One task's rollout: the growing conversation and what happened at each step."""
+    task: dict
+    messages: list[dict]
+    max_steps: int = 10          # tool calls allowed before the episode ends unfinished
+    steps: list[dict] = field(default_factory=list)
+    done: bool = False
+    finish: dict | None = None   # parsed Finish arguments
+    failure: tuple[str, str] | None = None  # (label, detail) that ended the episode early
+    new_tokens: int = 0
+    seconds: float = 0.0
+
+    def state(self) -> dict:
+        return {**self.task, "messages": self.messages}
+
+
+@dataclass
+class Decoding:
+    max_steps: int = 10
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    max_context: int = 2048
+    seed: int = 0
+    early_stop: bool = True      # stop each row at its step's end (off: run to the token limit, then cut)
+
+
+def _generate(model, tokenizer, prompts: list[list[int]], dec: Decoding) -> tuple[list[str], list[int]]:
+    """Left-padded batch generation; returns each row's text up to its step end and its token count."""
+    width = max(len(p) for p in prompts)
+    pad = tokenizer.pad_token_id
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    kwargs: dict[str, Any] = {"do_sample": dec.temperature > 0}
+    if dec.temperature > 0:
+        kwargs["temperature"] = dec.temperature
+    if dec.early_stop:
+        kwargs["stopping_criteria"] = StoppingCriteriaList([StopAtStepEnd(tokenizer, width)])
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=dec.max_new_tokens,
+                             pad_token_id=pad, top_p=None, top_k=None, **kwargs)
+    texts, counts = [], []
+    for row in out[:, width:]:
+        row = row.tolist()
+        n = next((i for i, t in enumerate(row) if t in (tokenizer.eos_token_id, pad)), len(row))
+        text = tokenizer.decode(row[:n], skip_special_tokens=True)
+        end = step_end(text)
+        texts.append(text[:end] if end is not None else text)
+        counts.append(n)
+    return texts, counts
+
+
+def _advance(ep: Episode, raw: str, env) -> None:
+    """Parse one generated step and act on it."""
+    parsed = tbf.parse_step(raw)
+    record: dict[str, Any] = {"raw": raw}
+    if isinstance(parsed, tbf.ParseFailure):
+        record["error"] = parsed.label.value
+        ep.steps.append(record)
+        ep.failure, ep.done = (parsed.label.value, parsed.detail), True
+        return
+    record["step"] = {"thought": parsed.thought, "action": parsed.action, "action_input": parsed.action_input}
+    ep.messages.append(tbf.step_message(parsed))
+    if parsed.action == FINISH:
+        ep.finish, ep.done = parsed.arguments(), True
+        ep.steps.append(record)
+        return
+    record["observation"] = env.call(ep.task, parsed.action, parsed.arguments())
+    ep.messages.append({"role": "tool", "name": parsed.action, "content": record["observation"]})
+    ep.steps.append(record)
+    if sum(1 for s in ep.steps if "observation" in s) >= ep.max_steps:
+        ep.done = True
+
+
+def run(model, tokenizer, tasks: Iterable[dict], env, dec: Decoding, batch_size: int = 8) -> Iterator[Episode]:
+    """Roll out every task; yields episodes as they finish (not in input order)."""
+    torch.manual_seed(dec.seed)
+    queue = iter(tasks)
+    active: list[Episode] = []
+    while True:
+        while len(active) < batch_size:
+            task = next(queue, None)
+            if task is None:
+                break
+            active.append(Episode(task, copy.deepcopy(task["messages"]), dec.max_steps))
+        if not active:
+            return
+        prompts, ready = [], []
+        for ep in active:
+            ids = encode.encode(tbf.prompt_segments(ep.state()), tokenizer, add_eos=False).input_ids
+            if len(ids) + dec.max_new_tokens > dec.max_context:
+                ep.failure, ep.done = (ErrorLabel.NO_FINISH.value, f"context of {len(ids)} tokens exceeds the window"), True
+            else:
+                prompts.append(ids)
+                ready.append(ep)
+        if ready:
+            t0 = time.perf_counter()
+            texts, counts = _generate(model, tokenizer, prompts, dec)
+            share = (time.perf_counter() - t0) / len(ready)
+            for ep, text, n in zip(ready, texts, counts):
+                ep.seconds += share
+                ep.new_tokens += n
+                _advance(ep, text, env)
+        still = []
+        for ep in active:
+            if ep.done:
+                yield ep
+            else:
+                still.append(ep)
+        active = still
+
+
+def episode_record(ep: Episode) -> dict:
+    """What ``predictions.jsonl`` keeps of an episode (the verdict is added by the judge)."""
+    return {"id": ep.task["id"], "group": ep.task["group"], "steps": ep.steps, "finish": ep.finish,
+            "failure": list(ep.failure) if ep.failure else None, "new_tokens": ep.new_tokens,
+            "seconds": round(ep.seconds, 3), "messages": ep.messages}

@@ -1,0 +1,216 @@
+import http.server
+import json
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from slmlib import envs, judge, rollout, schema, tooleval
+from slmlib import toolbench_format as tbf
+from slmlib.errors import ErrorLabel
+from slmlib.evaluate import evaluate
+
+WEATHER = {"name": "get_weather", "description": "Weather now.", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["C", "F"]}},
+    "required": ["city"]}, "template_response": {"temp": "int", "sky": "str"}}
+NEWS = {"name": "get_news", "description": "Headlines.", "parameters": {"type": "object", "properties": {}, "required": []}}
+
+
+def task(**extra):
+    return {"id": "t1", "group": "g", "tools": [WEATHER, NEWS],
+            "messages": [{"role": "user", "content": "Weather in Paris?"}], **extra}
+
+
+def step(action, args, observation=None):
+    s = {"raw": "", "step": {"thought": "", "action": action, "action_input": json.dumps(args)}}
+    if observation is not None:
+        s["observation"] = observation
+    return s
+
+
+def record(steps, finish={"return_type": "give_answer", "final_answer": "Sunny, 20 C."}, failure=None):
+    return {"id": "t1", "group": "g", "steps": steps, "finish": finish, "failure": failure}
+
+
+GOLD = [{"name": "get_weather", "arguments": {"city": ["Paris"], "unit": ["", "C"]}}]
+
+
+@pytest.mark.parametrize("steps,finish,label", [
+    ([step("get_weather", {"city": "paris"})], None, None),
+    ([step("get_weather", {"city": "Paris", "unit": "C"})], None, None),
+    ([step("get_weather", {"unit": "C"})], None, ErrorLabel.MISSING_REQUIRED),
+    ([step("get_weather", {"city": "Rome"})], None, ErrorLabel.VALUE_ERROR),
+    ([step("get_weather", {"city": 75001})], None, ErrorLabel.TYPE_ERROR),
+    ([step("get_weather", {"city": "Paris", "lang": "fr"})], None, ErrorLabel.UNEXPECTED_PARAM),
+    ([step("get_news", {})], None, ErrorLabel.WRONG_FUNC_NAME),
+    ([step("get_forecast", {"city": "Paris"})], None, ErrorLabel.UNKNOWN_TOOL),
+    ([step("get_weather", {"city": "Paris"})] * 3, None, ErrorLabel.REPEATED_CALL),
+    ([], None, ErrorLabel.MISSING_CALL),
+    ([step("get_weather", {"city": "Paris"})], {"return_type": "give_up_and_restart"}, ErrorLabel.GIVE_UP),
+    ([step("get_weather", {"city": "Paris"})], {"return_type": "give_answer", "final_answer": " "}, ErrorLabel.EMPTY_ANSWER),
+])
+def test_offline_judge_bfcl_semantics(steps, finish, label):
+    fin = finish or {"return_type": "give_answer", "final_answer": "Sunny, 20 C."}
+    verdict = judge.judge(task(gold_calls=GOLD), record(steps, fin))
+    assert verdict["passed"] == (label is None)
+    assert verdict["label"] == (label.value if label else None)
+
+
+def test_judge_no_finish_and_irrelevance_and_relevant_tools():
+    v = judge.judge(task(gold_calls=GOLD), record([step("get_weather", {"city": "Paris"})], finish=None))
+    assert v["label"] == ErrorLabel.NO_FINISH
+    assert judge.judge(task(gold_calls=[]), record([]))["passed"]
+    assert judge.judge(task(gold_calls=[]), record([step("get_news", {})]))["label"] == ErrorLabel.IRRELEVANCE
+    rel = task(relevant_tools=["get_weather"])
+    assert judge.judge(rel, record([step("get_weather", {"city": "Oslo"})]))["passed"]
+    assert judge.judge(rel, record([step("get_weather", {"unit": "K"})]))["label"] == ErrorLabel.MISSING_REQUIRED
+
+
+def test_wilson_interval():
+    lo, hi = judge.wilson(50, 100)
+    assert lo == pytest.approx(0.4038, abs=1e-3) and hi == pytest.approx(0.5962, abs=1e-3)
+    assert judge.wilson(0, 0) == (0.0, 0.0)
+
+
+def test_replay_and_stub_environments():
+    t = task(replay=[{"name": "get_weather", "arguments": {"city": "Paris"}, "response": {"temp": 20}}])
+    assert json.loads(envs.make("replay").call(t, "get_weather", {"city": "paris"}))["response"] == {"temp": 20}
+    assert "No recorded response" in envs.make("replay").call(t, "get_weather", {"city": "Rome"})
+    assert "No such function name" in envs.make("replay").call(t, "get_forecast", {})
+    stub = envs.make("stub")
+    assert json.loads(stub.call(t, "get_weather", {"city": "Oslo"}))["response"] == {"temp": 1, "sky": "example"}
+    assert "missing required parameter 'city'" in stub.call(t, "get_weather", {})
+    assert json.loads(stub.call(t, "get_news", {}))["error"]
+
+
+@pytest.mark.parametrize("text,end", [
+    ('Thought: x\nAction: f\nAction Input: {"a": "}"}\nmore', len('Thought: x\nAction: f\nAction Input: {"a": "}"}')),
+    ("Thought: x\nAction: f\nAction Input: {\"a\": {\"b\": 1}", None),
+    ("Thought: x\nFunction: y", len("Thought: x")),
+    ("Thought: x\nAction: f\nAction Input: none\nThought", len("Thought: x\nAction: f\nAction Input: none")),
+])
+def test_step_end(text, end):
+    assert rollout.step_end(text) == end
+
+
+def scripted(monkeypatch, outputs):
+    """Feed the rollout loop fixed model outputs, to check the loop's bookkeeping exactly."""
+    script = iter(outputs)
+    monkeypatch.setattr(rollout, "_generate", lambda model, tok, prompts, dec: ([next(script) for _ in prompts], [5] * len(prompts)))
+
+
+def test_rollout_loop_acts_observes_and_finishes(monkeypatch, tiny):
+    t = task(gold_calls=GOLD, replay=[{"name": "get_weather", "arguments": {"city": "Paris"}, "response": {"temp": 20}}])
+    scripted(monkeypatch, ['Thought: look\nAction: get_weather\nAction Input: {"city": "Paris"}',
+                           'Thought: done\nAction: Finish\nAction Input: {"return_type": "give_answer", "final_answer": "20 C"}'])
+    (ep,) = rollout.run(*tiny, [t], envs.make("replay"), rollout.Decoding(max_steps=5), batch_size=2)
+    rec = rollout.episode_record(ep)
+    assert json.loads(rec["steps"][0]["observation"])["response"] == {"temp": 20}
+    assert rec["finish"] == {"return_type": "give_answer", "final_answer": "20 C"}
+    assert [m["role"] for m in rec["messages"]] == ["user", "assistant", "tool", "assistant"]
+    assert judge.judge(t, rec)["passed"]
+
+
+def test_rollout_budget_and_garbage(monkeypatch, tiny):
+    scripted(monkeypatch, ['Thought: again\nAction: get_news\nAction Input: {}'] * 3 + ["I like turtles"])
+    t2 = {**task(gold_calls=GOLD), "id": "t2"}
+    eps = {ep.task["id"]: rollout.episode_record(ep) for ep in
+           rollout.run(*tiny, [task(gold_calls=GOLD), t2], envs.make("stub"), rollout.Decoding(max_steps=2), batch_size=2)}
+    looping = eps["t1"]
+    assert len(looping["steps"]) == 2 and looping["finish"] is None
+    assert eps["t2"]["failure"][0] in (ErrorLabel.DECODER_FAILED, ErrorLabel.NO_FINISH) or eps["t2"]["steps"]
+
+
+def test_evaluate_real_tiny_model_resumes_and_classifies(tmp_path, data_root):
+    from slmlib.data import complexfuncbench
+    tasks = list(complexfuncbench.tasks("test"))[:4]
+    schema.write_jsonl(tmp_path / "tasks.jsonl", tasks)
+    out = tmp_path / "eval"
+    m1 = evaluate("tiny-opt", tmp_path / "tasks.jsonl", out, limit=2, max_steps=2, max_new_tokens=24, batch_size=2)
+    first = (out / "predictions.jsonl").read_text().splitlines()
+    assert m1["n_tasks"] == 2 and len(first) == 2
+    m2 = evaluate("tiny-opt", tmp_path / "tasks.jsonl", out, max_steps=2, max_new_tokens=24, batch_size=2)
+    lines = (out / "predictions.jsonl").read_text().splitlines()
+    assert lines[:2] == first and len(lines) == 4 and m2["n_tasks"] == 4
+    for line in lines:  # a random model's output is a classified failure, never an exception
+        assert json.loads(line)["verdict"]["label"] in {e.value for e in ErrorLabel}
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("pass_rate", "pass_rate_ci95", "format_valid_rate", "finish_rate", "give_up_rate", "hallucinated_tool_rate",
+                "tool_name_accuracy", "call_match_rate", "avg_steps", "seconds_per_task", "tokens_per_second", "groups"):
+        assert key in metrics
+    assert 0 <= metrics["pass_rate"] <= 1 and set(metrics["groups"]) <= {"single_domain", "cross_domain"}
+
+
+def test_malformed_task_file_stops_before_the_model_loads(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "x", "group": "g", "tools": [], "messages": []}\n')
+    proc = subprocess.run([sys.executable, "-m", "slmlib", "evaluate", "--model", "no-such-model", "--tasks", str(bad),
+                           "--out", str(tmp_path / "o")], capture_output=True, text=True)
+    assert proc.returncode != 0 and "bad.jsonl:1: field 'messages'" in proc.stderr and "no-such-model" not in proc.stderr
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    requests: list = []
+
+    def log_message(self, *a):
+        pass
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        Handler.requests.append((self.path, dict(self.headers), body))
+        if self.path == "/virtual":
+            reply = {"error": "", "response": {"tool": body["tool_name"], "api": body["api_name"]}}
+        else:
+            name = body["tool_choice"]["function"]["name"]
+            content = body["messages"][0]["content"]
+            args = ({"answer_status": "Solved" if "sunny" in content.lower() else "Unsolved", "reason": "r"}
+                    if name != "check_task_solvable" else {"task_status": "Solvable", "reason": "r"})
+            reply = {"choices": [{"message": {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "1", "type": "function", "function": {"name": name, "arguments": json.dumps(args)}}]}}]}
+        data = json.dumps(reply).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@pytest.fixture
+def server():
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    Handler.requests.clear()
+    yield f"http://127.0.0.1:{srv.server_address[1]}"
+    srv.shutdown()
+
+
+def test_http_environment_speaks_stabletoolbench(server):
+    t = {**task(), "tools": [{**WEATHER, "meta": {"category": "Weather", "tool_name": "Open Weather", "api_name": "Get Weather"}}]}
+    obs = json.loads(envs.make("http", server).call(t, "get_weather", {"city": "Paris"}))
+    assert obs["response"] == {"tool": "open_weather", "api": "get_weather"}
+    path, _, body = Handler.requests[-1]
+    assert path == "/virtual" and body["category"] == "Weather" and json.loads(body["tool_input"]) == {"city": "Paris"}
+
+
+def test_tooleval_judge_end_to_end_over_loopback(server, monkeypatch, tmp_path):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-secret")
+    monkeypatch.setenv("OPENAI_BASE_URL", server)
+    client = tooleval.JudgeClient(model="judge")
+    t = task()
+    sunny, unsure = ({"return_type": "give_answer", "final_answer": a} for a in ("It is sunny.", "No idea."))
+    solved = record([step("get_weather", {"city": "Paris"}, '{"error": "", "response": "sunny"}'), step("Finish", sunny)], sunny)
+    unsolved = record([step("get_weather", {"city": "Paris"}, "{}"), step("Finish", unsure)], unsure)
+    no_finish = record([step("get_weather", {"city": "Paris"}, "{}")], finish=None)
+    assert tooleval.judge_query(client, t, solved) == {"passed": True, "rounds": ["Passed"] * 4}
+    assert tooleval.judge_query(client, t, unsolved) == {"passed": False, "rounds": ["Failed"] * 4}
+    n = len(Handler.requests)
+    assert tooleval.judge_query(client, t, no_finish)["passed"] is False and len(Handler.requests) == n
+    _, headers, body = Handler.requests[0]
+    assert headers["Authorization"] == "Bearer sk-test-secret"
+    assert body["messages"][0]["content"].startswith("\nGiving the query and answer, you need give `answer_status`")
+    assert body["tool_choice"]["function"]["name"] == "check_answer_status"
+    recs = [{**solved, "verdict": {"passed": False}}]
+    tooleval.rejudge(recs, {"t1": t}, model="judge")
+    assert recs[0]["verdict"]["passed"] and "sk-test-secret" not in json.dumps(recs)
