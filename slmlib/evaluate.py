@@ -20,7 +20,11 @@ from slmlib.values import same_value
 
 
 def load_model(name: str, adapter: str | None = None, dtype: str = "float32"):
+    """The model (on the GPU when there is one) and its tokenizer."""
+    import torch
     model, tok = models.load(name, dtype=dtype)
+    if torch.cuda.is_available():
+        model = model.to("cuda")
     if adapter:
         from peft import PeftModel
         model = PeftModel.from_pretrained(model, adapter).eval()  # no merge: the adapter stays separate

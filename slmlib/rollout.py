@@ -52,7 +52,14 @@ def json_end(text: str, start: int) -> int | None:
 
 
 def step_end(text: str) -> int | None:
-    """Where a generated step is complete: after its Action Input object, or at a turn marker."""
+    """Where a generated step is complete: after its Action Input object, or at a turn marker.
+
+    Text that does not begin with ``Thought: `` can never parse, so it ends as soon as that shows.
+    """
+    head = text.lstrip()
+    opening = tbf.THOUGHT.lstrip("\n")
+    if len(head) >= len(opening) and not head.startswith(opening):
+        return len(text) - len(head) + len(opening)  # the earliest point where that is certain
     cut = min((i for i in (text.find(m) for m in TURN_MARKERS) if i >= 0), default=None)
     k = text.find(tbf.ACTION_INPUT)
     if k >= 0 and (cut is None or k < cut):
@@ -105,8 +112,8 @@ def _generate(model, tokenizer, prompts: list[list[int]], dec: Decoding) -> tupl
     """Left-padded batch generation; returns each row's text up to its step end and its token count."""
     width = max(len(p) for p in prompts)
     pad = tokenizer.pad_token_id
-    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=model.device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=model.device)
     kwargs: dict[str, Any] = {"do_sample": dec.temperature > 0}
     if dec.temperature > 0:
         kwargs["temperature"] = dec.temperature

@@ -20,7 +20,7 @@ def token_lengths(lengths_by_source: dict[str, list[int]], max_length: int, titl
     for name, lengths in lengths_by_source.items():
         sns.histplot(lengths, ax=ax, label=f"{name} (n={len(lengths)})", element="step", fill=False, bins=40)
     ax.axvline(max_length, color="crimson", linestyle="--", label=f"window {max_length}")
-    ax.set_xlabel("tokens per trajectory (before trimming)")
+    ax.set_xlabel("tokens per trajectory")
     ax.set_title(title or "Token lengths against the context window")
     ax.legend()
     fig.tight_layout()

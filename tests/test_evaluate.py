@@ -214,3 +214,14 @@ def test_tooleval_judge_end_to_end_over_loopback(server, monkeypatch, tmp_path):
     recs = [{**solved, "verdict": {"passed": False}}]
     tooleval.rejudge(recs, {"t1": t}, model="judge")
     assert recs[0]["verdict"]["passed"] and "sk-test-secret" not in json.dumps(recs)
+
+
+def test_step_mode_scores_next_steps_against_the_gold_trajectory(tmp_path):
+    from slmlib.data import complexfuncbench
+    tasks = list(complexfuncbench.tasks("test"))[:2]
+    schema.write_jsonl(tmp_path / "tasks.jsonl", tasks)
+    m = evaluate("tiny-opt", tmp_path / "tasks.jsonl", tmp_path / "step", mode="step", max_new_tokens=16, batch_size=4)
+    assert m["n_steps"] == sum(len(t["gold_calls"]) for t in tasks)
+    assert m["step_format_valid_rate"] == 0.0 and m["step_call_match_rate"] == 0.0  # an untrained model
+    lines = (tmp_path / "step" / "step_predictions.jsonl").read_text().splitlines()
+    assert len(lines) == m["n_steps"] and json.loads(lines[0])["gold_action"] == tasks[0]["gold_calls"][0]["name"]
