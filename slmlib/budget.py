@@ -2,7 +2,9 @@
 
 In order, and only as far as needed: observations are cut as ToolBench cuts them
 (``text[:n] + "..."``); the tool list is trimmed to the tools the trajectory uses (or the task's
-relevant / gold tools) plus ``k`` seeded distractors; the oldest steps of the history are dropped.
+relevant / gold tools) plus ``k`` seeded distractors; the observations before the last step are cut
+to a quarter of that; the oldest steps of the history are dropped. (Dropping steps is the last
+resort: a trajectory that jumps from the question to a late step teaches the model to skip calls.)
 The target (the last assistant turn) is never cut: a trajectory that still does not fit is
 dropped, and every trim is counted.
 """
@@ -64,6 +66,17 @@ def trim_tools(task: dict, distractors: int, seed: int = 0) -> int:
     return before - len(task["tools"])
 
 
+def shorten_history(task: dict, max_chars: int) -> int:
+    """Cut every observation but the last to ``max_chars``; returns how many were cut."""
+    tools = [m for m in task["messages"] if m["role"] == "tool"]
+    cut = 0
+    for msg in tools[:-1]:
+        if len(msg["content"]) > max_chars + 3:
+            msg["content"] = msg["content"][:max_chars] + "..."
+            cut += 1
+    return cut
+
+
 def drop_oldest_step(task: dict) -> bool:
     """Remove the oldest assistant step (and its observation) that is not the last one."""
     msgs = task["messages"]
@@ -101,6 +114,9 @@ def fit(task: dict, count, max_length: int, *, loss_on: str = "last", max_observ
     can_trim_tools = bool(needed_tools(task))
     if n > max_length and can_trim_tools:
         stats.tools_removed += trim_tools(task, distractors, seed)
+        n = length()
+    if n > max_length:
+        stats.observations_cut += shorten_history(task, max_observation_chars // 4)
         n = length()
     while n > max_length and drop_oldest_step(task):
         stats.steps_removed += 1

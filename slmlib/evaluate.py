@@ -85,7 +85,9 @@ def step_mode(model, tok, tasks: list[dict], out: Path, dec: rollout.Decoding, b
     for b in range(0, len(items), batch_size):
         chunk = items[b:b + batch_size]
         prompts = [encode.encode(tbf.prompt_segments({**t, "messages": h}), tok, add_eos=False).input_ids for t, h, _ in chunk]
-        texts, _ = rollout._generate(model, tok, prompts, dec)
+        fits = [len(p) + dec.max_new_tokens <= dec.max_context for p in prompts]
+        generated = iter(rollout._generate(model, tok, [p for p, ok in zip(prompts, fits) if ok], dec)[0] if any(fits) else [])
+        texts = [next(generated) if ok else "" for ok in fits]  # a prompt beyond the window counts as a failed step
         for (task, _, gold), text in zip(chunk, texts):
             parsed = tbf.parse_step(text)
             ok = isinstance(parsed, tbf.Step)

@@ -7,8 +7,10 @@ Each task becomes a trajectory (training) or a task with ``gold_calls`` and ``re
 * every response is compacted to an observation of at most ``OBSERVATION_CHARS`` characters in
   ToolBench's ``{"error": "", "response": ...}`` shape, always keeping the values that later
   calls use;
-* a closing ``Finish`` is added. The benchmark records no final answer, so its text is a
-  template that names the calls made (it is marked in ``meta.synthetic_answer``).
+* a closing ``Finish`` is added. The benchmark records no final answer, so its text is one short
+  template sentence naming the last call (marked in ``meta.synthetic_answer``). A first version
+  listed every call made; a model trained on it learned to finish at once, listing calls it never
+  made, and to loop on the list.
 
 The split is fixed: tasks are numbered by their position in the data file (``cfb-0000`` ..),
 divided into single- and cross-domain, and a seeded shuffle of each puts 20% in the test split,
@@ -181,8 +183,7 @@ def convert(record: dict, index: int, specs: dict[str, dict], split: str) -> dic
         for (call, args, _), obs in zip(resolved, observations):
             task["messages"].append(assistant_call(call["name"], args))
             task["messages"].append({"role": "tool", "name": call["name"], "content": obs})
-        answer = "I called " + ", ".join(c["name"] for c, _, _ in resolved) + \
-                 "; the results above answer the request."
+        answer = f"Here is what {resolved[-1][0]['name']} returned for your request: see the results above."
         task["messages"].append(finish_call(answer))
         task["meta"]["synthetic_answer"] = True
     return validate_task(task)
