@@ -158,8 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--model", default="smollm2-135m-instruct")
     be.add_argument("--n-tasks", type=int, default=8)
     be.add_argument("--batch-size", type=int, default=8)
-    be.add_argument("--max-steps", type=int, default=3)
-    be.add_argument("--max-new-tokens", type=int, default=128)
+    be.add_argument("--max-steps", type=int, default=10, help="as evaluate: the paper's budget")
+    be.add_argument("--max-new-tokens", type=int, default=256, help="as evaluate")
     be.add_argument("--work", default="/tmp/slmlib-bench-eval")
     be.set_defaults(func=_bench_eval)
 

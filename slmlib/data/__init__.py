@@ -15,9 +15,13 @@ class MissingSource(FileNotFoundError):
     pass
 
 
-# name -> (folder under the data root that must exist or None, reader(root, split))
+TOOLLLAMA_FILE = "toolbench/toolllama_G123_dfs_train.json"
+
+# name -> (path under the data root that must exist, or None; reader(root, split))
 SOURCES: dict[str, tuple[str | None, Callable[[Path, str], Iterator[dict]]]] = {
     "complexfuncbench": (None, lambda root, split: complexfuncbench.tasks(split)),
+    # ToolBench's released 187,542 training rows (2 GB; ToolBench's data.zip or the Hub mirror), streamed
+    "toolllama": (TOOLLLAMA_FILE, lambda root, split: toolbench.row_file_tasks(root / TOOLLLAMA_FILE)),
     "toolbench": ("toolbench", lambda root, split: toolbench.answer_dir_tasks(root / "toolbench" / "data_example" / "answer")),
     "stabletoolbench": ("stabletoolbench", lambda root, split: stabletoolbench.tasks(root)),
     "glaive": ("llamafactory-toolcall-demo", lambda root, split: glaive.tasks(root)),
@@ -36,8 +40,8 @@ ORIGINS = {
 
 
 def available(name: str, root: str | Path) -> bool:
-    folder, _ = SOURCES[name]
-    return folder is None or (Path(root) / folder).is_dir()
+    path, _ = SOURCES[name]
+    return path is None or (Path(root) / path).exists()
 
 
 def check_sources(required: list[str], optional: list[str], root: str | Path) -> list[str]:
@@ -47,8 +51,10 @@ def check_sources(required: list[str], optional: list[str], root: str | Path) ->
         raise ValueError(f"unknown source {unknown[0]!r}; known: {', '.join(SOURCES)}")
     for name in required:
         if not available(name, root):
-            raise MissingSource(f"required source {name!r} is not under {root} "
-                                f"(fetch it where online with: python -m slmlib data fetch {name} --root {root})")
+            how = (f"download {TOOLLLAMA_FILE.split('/')[-1]} from ToolBench's data.zip or the Hub mirror "
+                   f"{toolbench.HUB_DATASET} into {Path(root) / 'toolbench'}" if name == "toolllama"
+                   else f"fetch it where online with: python -m slmlib data fetch {SOURCES[name][0]} --root {root}")
+            raise MissingSource(f"required source {name!r} is not under {root} ({how})")
     return [name for name in optional if not available(name, root)]
 
 

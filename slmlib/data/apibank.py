@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from slmlib.data import types
+from slmlib.data.files import locate
 from slmlib.schema import SchemaError, assistant_call, convert_records, finish_call
 
 FILE = Path("apibank-train/training-data/lv3-train.json")
@@ -85,8 +86,6 @@ def step_to_task(step: dict, task_id: str) -> dict:
 
 
 def tasks(path: str | Path, on_error=None) -> Iterator[dict]:
-    path = Path(path)
-    if path.is_dir():
-        path = next((p for p in (path / FILE, path / FILE.relative_to("apibank-train")) if p.is_file()), path / FILE)
+    path = locate(path, FILE)
     steps = json.loads(path.read_text(encoding="utf-8"))
     yield from convert_records(steps, str(path), lambda step, i: step_to_task(step, f"apibank-{i}"), on_error)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Iterator
 
 from slmlib.data import types
+from slmlib.data.files import locate
 from slmlib.schema import SchemaError, assistant_call, convert_records, finish_call
 
 FILE = Path("toolrl/dataset/rlla_4k_raw/rlla_sft.json")
@@ -65,8 +66,6 @@ def example_to_task(ex: dict, task_id: str) -> dict:
 
 
 def tasks(path: str | Path, on_error=None) -> Iterator[dict]:
-    path = Path(path)
-    if path.is_dir():
-        path = next((p for p in (path / FILE, path / FILE.relative_to("toolrl")) if p.is_file()), path / FILE)
+    path = locate(path, FILE)
     examples = json.loads(path.read_text(encoding="utf-8"))
     yield from convert_records(examples, str(path), lambda ex, i: example_to_task(ex, f"toolrl-{i}"), on_error)
