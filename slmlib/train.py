@@ -83,6 +83,9 @@ class ThroughputLog(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kw):
         self.t0, self.step0 = time.perf_counter(), state.global_step
+        if state.is_world_process_zero and self.path.is_file():  # resumed: forget steps after the checkpoint
+            kept = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= state.global_step]
+            atomic_write_text(self.path, "".join(line + "\n" for line in kept))
 
     def on_log(self, args, state, control, logs=None, **kw):
         if not logs or "loss" not in logs:
@@ -163,8 +166,9 @@ def train(profile: Profile, train_file: str | Path, out_dir: str | Path, overwri
         model = apply_lora(model, cfg)
     ckpt_dir = out / "checkpoints"
     args = sft_config(cfg, ckpt_dir, profile.seed, len(rows))
+    throughput = ThroughputLog(out / "train_log.jsonl", learned / len(rows))
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
-                         callbacks=[ThroughputLog(out / "train_log.jsonl", learned / len(rows))])
+                         callbacks=[throughput])
     resume = last_checkpoint(ckpt_dir)
     if resume:
         log.info("resuming from %s", resume)
@@ -186,7 +190,8 @@ def train(profile: Profile, train_file: str | Path, out_dir: str | Path, overwri
                "tokens": sum(r["length"] for r in rows), "steps": trainer.state.global_step,
                "final_loss": losses[-1] if losses else math.nan, "train_loss": result.training_loss,
                "train_seconds": seconds, "resumed_from": resume, "world_size": trainer.args.world_size,
-               "supervised_tokens_per_s": learned * (trainer.state.epoch or 1) / seconds if seconds else None,
+               "supervised_tokens_per_s": (trainer.state.global_step - throughput.step0) * args.per_device_train_batch_size
+               * args.gradient_accumulation_steps * args.world_size * throughput.learned_per_row / seconds if seconds else None,
                "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
                "model_dir": str(model_dir)}
     atomic_write_text(model_dir / "README.md", model_card(profile, summary))

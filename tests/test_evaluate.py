@@ -1,6 +1,5 @@
 import http.server
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -8,7 +7,6 @@ import threading
 import pytest
 
 from slmlib import envs, judge, rollout, schema, tooleval
-from slmlib import toolbench_format as tbf
 from slmlib.errors import ErrorLabel
 from slmlib.evaluate import evaluate
 

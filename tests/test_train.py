@@ -78,6 +78,8 @@ def test_kill_and_resume_reaches_the_same_loss(small, uninterrupted, tmp_path):
     resumed = json.loads((tmp_path / "train_summary.json").read_text())
     assert resumed["resumed_from"].endswith("checkpoint-2") and resumed["steps"] == full["steps"] == 6
     assert resumed["final_loss"] == pytest.approx(full["final_loss"], rel=1e-5)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]  # the killed run's steps after the checkpoint are not logged twice
 
 
 def test_two_processes_under_accelerate_launch(small, tmp_path):
