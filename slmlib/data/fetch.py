@@ -30,7 +30,7 @@ def fetch(folder: str, root: str | Path, timeout: float = 120) -> Path:
         for m in tar.getmembers():
             inner = m.name.split("/", 1)[1] if "/" in m.name else ""
             if m.isfile() and any(inner == p or inner.startswith(p.rstrip("/") + "/") for p in paths):
-                dest = target / inner.removeprefix("api-bank/")
+                dest = target / inner.removeprefix("api-bank/")  # API-Bank lives one folder down in its repository
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 dest.write_bytes(tar.extractfile(m).read())
     (target / "SOURCE.txt").write_text(f"origin: GitHub {repo}\ncommit: {commit}\npaths: {', '.join(paths)}\n")
