@@ -64,8 +64,8 @@ def eval_loss(model, tokenizer, tasks) -> float:
             enc = encode.encode(tbf.segments(task, "all"), tokenizer)
             ids, labels = torch.tensor([enc.input_ids]), torch.tensor([enc.labels])
             logits = model(input_ids=ids).logits.float()
-            loss = torch.nn.functional.cross_entropy(logits[0, :-1], labels[0, 1:], ignore_index=-100, reduction="sum")
-            total, n = total + loss.item(), n + int((labels[0, 1:] != -100).sum())
+            loss = torch.nn.functional.cross_entropy(logits[0, :-1], labels[0, 1:], ignore_index=encode.IGNORE, reduction="sum")
+            total, n = total + loss.item(), n + int((labels[0, 1:] != encode.IGNORE).sum())
     return total / n
 
 
@@ -75,7 +75,7 @@ def run_one(spec: dict) -> dict:
     from datasets import Dataset
     from transformers import set_seed
     from trl import SFTTrainer
-    from slmlib import config, models, train
+    from slmlib import config, encode, models, train
     from slmlib.schema import read_jsonl
     v = VARIANTS[spec["variant"]]
     set_seed(spec["seed"])
@@ -99,7 +99,7 @@ def run_one(spec: dict) -> dict:
     trainer.train()
     wall = time.perf_counter() - t0
     merged = trainer.model.merge_and_unload() if v["method"] == "lora" else trainer.model
-    learned = sum(sum(1 for x in r["labels"] if x != -100) for r in rows)
+    learned = sum(sum(1 for x in r["labels"] if x != encode.IGNORE) for r in rows)
     return {"variant": spec["variant"], "rows": len(rows), "tokens": sum(r["length"] for r in rows),
             "supervised_tokens": learned, "steps": trainer.state.global_step, "wall_s": wall,
             "supervised_tokens_per_s": learned / wall,

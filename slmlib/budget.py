@@ -111,8 +111,7 @@ def fit(task: dict, count, max_length: int, *, loss_on: str = "last", max_observ
     stats.tokens["before"] += before
     stats.observations_cut += truncate_observations(task, max_observation_chars)
     n = length()
-    can_trim_tools = bool(needed_tools(task))
-    if n > max_length and can_trim_tools:
+    if n > max_length and needed_tools(task):
         stats.tools_removed += trim_tools(task, distractors, seed)
         n = length()
     if n > max_length:

@@ -86,7 +86,7 @@ def step_mode(model, tok, tasks: list[dict], out: Path, dec: rollout.Decoding, b
         chunk = items[b:b + batch_size]
         prompts = [encode.encode(tbf.prompt_segments({**t, "messages": h}), tok, add_eos=False).input_ids for t, h, _ in chunk]
         fits = [len(p) + dec.max_new_tokens <= dec.max_context for p in prompts]
-        generated = iter(rollout._generate(model, tok, [p for p, ok in zip(prompts, fits) if ok], dec)[0] if any(fits) else [])
+        generated = iter(rollout.generate_steps(model, tok, [p for p, ok in zip(prompts, fits) if ok], dec)[0] if any(fits) else [])
         texts = [next(generated) if ok else "" for ok in fits]  # a prompt beyond the window counts as a failed step
         for (task, _, gold), text in zip(chunk, texts):
             parsed = tbf.parse_step(text)
@@ -101,9 +101,9 @@ def step_mode(model, tok, tasks: list[dict], out: Path, dec: rollout.Decoding, b
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
     n = len(results)
     metrics = {"mode": "step", "n_steps": n, "n_tasks": len(tasks),
-               "step_format_valid_rate": sum(r["format_valid"] for r in results) / n if n else 0.0,
-               "step_name_accuracy": sum(r["name_match"] for r in results) / n if n else 0.0,
-               "step_call_match_rate": sum(r["call_match"] for r in results) / n if n else 0.0,
+               "step_format_valid_rate": _rate([r["format_valid"] for r in results]),
+               "step_name_accuracy": _rate([r["name_match"] for r in results]),
+               "step_call_match_rate": _rate([r["call_match"] for r in results]),
                "finish_step_accuracy": _rate([r["name_match"] for r in results if r["gold_action"] == FINISH]),
                "seconds_per_step": (time.perf_counter() - t0) / n if n else 0.0}
     atomic_write_json(out / "metrics.json", metrics)

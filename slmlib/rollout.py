@@ -108,7 +108,7 @@ class Decoding:
     early_stop: bool = True      # stop each row at its step's end (off: run to the token limit, then cut)
 
 
-def _generate(model, tokenizer, prompts: list[list[int]], dec: Decoding) -> tuple[list[str], list[int]]:
+def generate_steps(model, tokenizer, prompts: list[list[int]], dec: Decoding) -> tuple[list[str], list[int]]:
     """Left-padded batch generation; returns each row's text up to its step end and its token count."""
     width = max(len(p) for p in prompts)
     pad = tokenizer.pad_token_id
@@ -178,7 +178,7 @@ def run(model, tokenizer, tasks: Iterable[dict], env, dec: Decoding, batch_size:
                 ready.append(ep)
         if ready:
             t0 = time.perf_counter()
-            texts, counts = _generate(model, tokenizer, prompts, dec)
+            texts, counts = generate_steps(model, tokenizer, prompts, dec)
             share = (time.perf_counter() - t0) / len(ready)
             for ep, text, n in zip(ready, texts, counts):
                 ep.seconds += share

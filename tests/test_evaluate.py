@@ -96,7 +96,7 @@ def test_step_end(text, end):
 def scripted(monkeypatch, outputs):
     """Feed the rollout loop fixed model outputs, to check the loop's bookkeeping exactly."""
     script = iter(outputs)
-    monkeypatch.setattr(rollout, "_generate", lambda model, tok, prompts, dec: ([next(script) for _ in prompts], [5] * len(prompts)))
+    monkeypatch.setattr(rollout, "generate_steps", lambda model, tok, prompts, dec: ([next(script) for _ in prompts], [5] * len(prompts)))
 
 
 def test_rollout_loop_acts_observes_and_finishes(monkeypatch, tiny):
