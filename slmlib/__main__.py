@@ -77,7 +77,7 @@ def _evaluate(args) -> int:
     metrics = evaluate(args.model, args.tasks, args.out, adapter=args.adapter, mode=args.mode, env=args.env,
                        url=args.url, max_steps=args.max_steps, limit=args.limit, judge_name=args.judge,
                        batch_size=args.batch_size, temperature=args.temperature, max_new_tokens=args.max_new_tokens,
-                       seed=args.seed, dtype=args.dtype, judge_model=args.judge_model)
+                       seed=args.seed, dtype=args.dtype, judge_model=args.judge_model, key_guard=not args.no_key_guard)
     print(json.dumps({k: v for k, v in metrics.items() if k != "groups"}, indent=2))
     return 0
 
@@ -100,6 +100,12 @@ def _run(args) -> int:
     return 0
 
 
+def _results(args) -> int:
+    from slmlib import results
+    print(results.export(args.run, args.out, overwrite=args.overwrite))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m slmlib", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -110,6 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--output-root", default="outputs")
     run.add_argument("--overwrite", action="store_true", help="replace a finished run of the same id")
     run.set_defaults(func=_run)
+
+    res = sub.add_parser("results", help="export a finished run's metrics, figures and notebooks as a folder to commit")
+    res.add_argument("run", help="the run folder, outputs/<run-id>")
+    res.add_argument("--out", default="results")
+    res.add_argument("--overwrite", action="store_true", help="replace an earlier export")
+    res.set_defaults(func=_results)
 
     tr = sub.add_parser("train", help="fine-tune per a profile (TRL SFTTrainer); rerun to resume")
     tr.add_argument("--params", required=True, help="profile YAML")
@@ -136,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--max-new-tokens", type=int, default=256)
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    ev.add_argument("--no-key-guard", action="store_true",
+                    help="let an Action Input repeat its keys to the token limit (the guard is on by default)")
     ev.set_defaults(func=_evaluate)
 
     bench = sub.add_parser("bench", help="speed benchmarks that print ratios against a baseline")

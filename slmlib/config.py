@@ -68,6 +68,7 @@ class EvalConfig:
     max_steps: int = 10                    # actions per episode, the paper's budget
     max_new_tokens: int = 256              # per step
     batch_size: int = 8
+    key_guard: bool = True                 # end an Action Input at its first repeated key (slmlib.rollout)
     baselines: list[str] = field(default_factory=lambda: ["smollm2-135m-instruct", "gemma-3-270m"])
 
 

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from slmlib import encode, envs, judge, models, rollout
+from slmlib import encode, envs, judge, memory, models, rollout
 from slmlib import toolbench_format as tbf
 from slmlib.run import atomic_write_json
 from slmlib.schema import FINISH, assistant_call, read_jsonl
@@ -89,11 +89,11 @@ def step_mode(model, tok, tasks: list[dict], out: Path, dec: rollout.Decoding, b
         generated = iter(rollout.generate_steps(model, tok, [p for p, ok in zip(prompts, fits) if ok], dec)[0] if any(fits) else [])
         texts = [next(generated) if ok else "" for ok in fits]  # a prompt beyond the window counts as a failed step
         for (task, _, gold), text in zip(chunk, texts):
-            parsed = tbf.parse_step(text)
+            parsed, guarded = rollout.parse_generated(text)
             ok = isinstance(parsed, tbf.Step)
             name_ok = ok and parsed.action == gold.action
             results.append({"id": task["id"], "group": task["group"], "raw": text, "gold_action": gold.action,
-                            "format_valid": ok, "name_match": name_ok,
+                            "format_valid": ok, "guarded": guarded, "name_match": name_ok,
                             "call_match": name_ok and same_value(gold.arguments(), parsed.arguments())})
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "step_predictions.jsonl", "w", encoding="utf-8") as f:
@@ -102,6 +102,7 @@ def step_mode(model, tok, tasks: list[dict], out: Path, dec: rollout.Decoding, b
     n = len(results)
     metrics = {"mode": "step", "n_steps": n, "n_tasks": len(tasks),
                "step_format_valid_rate": _rate([r["format_valid"] for r in results]),
+               "step_guarded_rate": _rate([r["guarded"] for r in results]),
                "step_name_accuracy": _rate([r["name_match"] for r in results]),
                "step_call_match_rate": _rate([r["call_match"] for r in results]),
                "finish_step_accuracy": _rate([r["name_match"] for r in results if r["gold_action"] == FINISH]),
@@ -117,16 +118,18 @@ def _rate(xs: list[bool]) -> float:
 def evaluate(model: str, tasks_file: str | Path, out_dir: str | Path, *, adapter: str | None = None,
              mode: str = "episode", env: str = "auto", url: str | None = None, max_steps: int = 10,
              limit: int = -1, judge_name: str = "offline", batch_size: int = 8, temperature: float = 0.0,
-             max_new_tokens: int = 256, seed: int = 0, dtype: str = "float32", judge_model: str | None = None) -> dict[str, Any]:
+             max_new_tokens: int = 256, seed: int = 0, dtype: str = "float32", judge_model: str | None = None,
+             key_guard: bool = True) -> dict[str, Any]:
     tasks = read_jsonl(tasks_file)  # a malformed file stops here, before any model loads
     if limit >= 0:
         tasks = tasks[:limit]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    fresh_peak = memory.reset_peak()
     mdl, tok = load_model(model, adapter, dtype)
     window = min(getattr(mdl.config, "max_position_embeddings", 2048) or 2048, 8192)
     dec = rollout.Decoding(max_steps=max_steps, max_new_tokens=max_new_tokens, temperature=temperature,
-                           max_context=window, seed=seed)
+                           max_context=window, seed=seed, key_guard=key_guard)
     if mode == "step":
         return step_mode(mdl, tok, tasks, out, dec, batch_size)
     environment = AutoEnv() if env == "auto" else envs.make(env, url)
@@ -145,7 +148,7 @@ def evaluate(model: str, tasks_file: str | Path, out_dir: str | Path, *, adapter
         from slmlib import tooleval
         tooleval.rejudge(records, by_id, model=judge_model)
     metrics = {"mode": "episode", "model": model, "adapter": adapter, "tasks": str(tasks_file), "judge": judge_name,
-               "max_steps": max_steps, "temperature": temperature, **judge.metrics(records)}
+               "max_steps": max_steps, "temperature": temperature, "key_guard": key_guard, **judge.metrics(records), **memory.peak(fresh_peak)}
     atomic_write_json(out / "metrics.json", metrics)
     return metrics
 
@@ -170,5 +173,5 @@ def evaluate_run(profile, run_path: str | Path) -> dict[str, dict[str, dict]]:
             results.setdefault(label, {})[task_set] = evaluate(
                 model, task_file, run / "eval" / label / task_set, adapter=adapter, max_steps=profile.eval.max_steps,
                 batch_size=profile.eval.batch_size, temperature=profile.eval.temperature,
-                max_new_tokens=profile.eval.max_new_tokens, seed=profile.seed)
+                max_new_tokens=profile.eval.max_new_tokens, seed=profile.seed, key_guard=profile.eval.key_guard)
     return results

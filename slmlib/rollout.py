@@ -3,7 +3,9 @@
 Episodes run batched: up to ``batch_size`` tasks share each ``generate`` call (left padding), a
 task that finishes leaves the batch and the next waiting task takes its place. Generation of a
 step stops as soon as its Action Input is a complete JSON object (or the model starts another
-turn, or ends the sequence) instead of running to the token limit.
+turn, or ends the sequence) instead of running to the token limit. The repeated-key guard ends an
+Action Input at its first repeated top-level key and closes the object there; such steps are marked
+``"guard": "repeated_key"`` in the predictions and counted in the metrics.
 """
 from __future__ import annotations
 
@@ -23,14 +25,20 @@ from slmlib.schema import FINISH
 TURN_MARKERS = ("\nFunction:", "\nUser:", "\nAssistant:", "\nSystem:")
 
 
-def json_end(text: str, start: int) -> int | None:
-    """Index just past the JSON object that starts at ``text[start:]`` (after spaces), or None."""
+def scan_object(text: str, start: int) -> tuple[int | None, int | None]:
+    """Scan the JSON object that starts at ``text[start:]`` (after spaces).
+
+    Returns (index just past the object, or None while it is unfinished; index of the top-level
+    comma before the first repeated top-level key, or None). A small model that loses track of an
+    argument object repeats its keys until the token limit; the second index is where to close it.
+    """
     i = start
     while i < len(text) and text[i] in " \t":
         i += 1
     if i >= len(text) or text[i] != "{":
-        return None
+        return None, None
     depth, in_str, esc = 0, False, False
+    keys, key_start, expect_key, last_comma = set(), None, False, None
     for j in range(i, len(text)):
         c = text[j]
         if in_str:
@@ -40,21 +48,35 @@ def json_end(text: str, start: int) -> int | None:
                 esc = True
             elif c == '"':
                 in_str = False
+                if key_start is not None:
+                    key, key_start = text[key_start:j], None
+                    if key in keys:
+                        return None, last_comma
+                    keys.add(key)
         elif c == '"':
             in_str = True
-        elif c == "{":
+            if expect_key:
+                key_start, expect_key = j + 1, False
+        elif c in "{[":
             depth += 1
-        elif c == "}":
+            expect_key = depth == 1
+        elif c in "}]":
             depth -= 1
             if depth == 0:
-                return j + 1
-    return None
+                return j + 1, None
+        elif c == "," and depth == 1:
+            last_comma, expect_key = j, True
+        elif c not in " \t\n\r":
+            expect_key = False
+    return None, None
 
 
-def step_end(text: str) -> int | None:
+def step_end(text: str, key_guard: bool = True) -> int | None:
     """Where a generated step is complete: after its Action Input object, or at a turn marker.
 
     Text that does not begin with ``Thought: `` can never parse, so it ends as soon as that shows.
+    With ``key_guard``, an Action Input object that repeats a top-level key ends before that key
+    (:func:`close_step` then closes the object).
     """
     head = text.lstrip()
     opening = tbf.THOUGHT.lstrip("\n")
@@ -63,22 +85,38 @@ def step_end(text: str) -> int | None:
     cut = min((i for i in (text.find(m) for m in TURN_MARKERS) if i >= 0), default=None)
     k = text.find(tbf.ACTION_INPUT)
     if k >= 0 and (cut is None or k < cut):
-        end = json_end(text, k + len(tbf.ACTION_INPUT))
+        end, repeated = scan_object(text, k + len(tbf.ACTION_INPUT))
         if end is not None:
             return end
+        if key_guard and repeated is not None:
+            return repeated + 1  # keep the comma: close_step knows the cut by it
         line_end = text.find("\n", k + len(tbf.ACTION_INPUT))  # not an object: the line ends it
         if line_end >= 0 and not text[k + len(tbf.ACTION_INPUT):].lstrip().startswith("{"):
             return line_end
     return cut
 
 
+def close_step(text: str) -> tuple[str, bool]:
+    """A generated step ready to parse, and whether the repeated-key guard closed its Action Input.
+
+    ``text`` is already cut by :func:`step_end`: an object cut at a top-level comma (the guard's
+    cut) gets its closing brace; anything else is left as it is.
+    """
+    k = text.find(tbf.ACTION_INPUT)
+    if k < 0 or not text.endswith(","):
+        return text, False
+    closed = text[:-1] + "}"
+    end, _ = scan_object(closed, k + len(tbf.ACTION_INPUT))
+    return (closed, True) if end == len(closed) else (text, False)
+
+
 class StopAtStepEnd(StoppingCriteria):
-    def __init__(self, tokenizer, prompt_len: int):
-        self.tokenizer, self.prompt_len = tokenizer, prompt_len
+    def __init__(self, tokenizer, prompt_len: int, key_guard: bool = True):
+        self.tokenizer, self.prompt_len, self.key_guard = tokenizer, prompt_len, key_guard
 
     def __call__(self, input_ids, scores, **kwargs):
         texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_len:], skip_special_tokens=True)
-        return torch.tensor([step_end(t) is not None for t in texts], device=input_ids.device)
+        return torch.tensor([step_end(t, self.key_guard) is not None for t in texts], device=input_ids.device)
 
 
 @dataclass
@@ -106,6 +144,7 @@ class Decoding:
     max_context: int = 2048
     seed: int = 0
     early_stop: bool = True      # stop each row at its step's end (off: run to the token limit, then cut)
+    key_guard: bool = True       # end an Action Input at its first repeated top-level key and close it
 
 
 def generate_steps(model, tokenizer, prompts: list[list[int]], dec: Decoding) -> tuple[list[str], list[int]]:
@@ -118,7 +157,7 @@ def generate_steps(model, tokenizer, prompts: list[list[int]], dec: Decoding) ->
     if dec.temperature > 0:
         kwargs["temperature"] = dec.temperature
     if dec.early_stop:
-        kwargs["stopping_criteria"] = StoppingCriteriaList([StopAtStepEnd(tokenizer, width)])
+        kwargs["stopping_criteria"] = StoppingCriteriaList([StopAtStepEnd(tokenizer, width, dec.key_guard)])
     with torch.no_grad():
         out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=dec.max_new_tokens,
                              pad_token_id=pad, top_p=None, top_k=None, **kwargs)
@@ -127,16 +166,24 @@ def generate_steps(model, tokenizer, prompts: list[list[int]], dec: Decoding) ->
         row = row.tolist()
         n = next((i for i, t in enumerate(row) if t in (tokenizer.eos_token_id, pad)), len(row))
         text = tokenizer.decode(row[:n], skip_special_tokens=True)
-        end = step_end(text)
+        end = step_end(text, dec.key_guard)
         texts.append(text[:end] if end is not None else text)
         counts.append(n)
     return texts, counts
 
 
+def parse_generated(raw: str) -> tuple[tbf.Step | tbf.ParseFailure, bool]:
+    """The parsed step of a generated text, and whether the repeated-key guard closed it."""
+    text, guarded = close_step(raw)
+    return tbf.parse_step(text), guarded
+
+
 def _advance(ep: Episode, raw: str, env) -> None:
     """Parse one generated step and act on it."""
-    parsed = tbf.parse_step(raw)
+    parsed, guarded = parse_generated(raw)
     record: dict[str, Any] = {"raw": raw}
+    if guarded:
+        record["guard"] = "repeated_key"
     if isinstance(parsed, tbf.ParseFailure):
         record["error"] = parsed.label.value
         ep.steps.append(record)

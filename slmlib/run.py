@@ -57,6 +57,16 @@ def git_sha(cwd: str | Path | None = None) -> str | None:
     return out.stdout.strip() or None
 
 
+def git_dirty(cwd: str | Path | None = None) -> bool | None:
+    """Whether tracked files differ from the commit (the SHA alone would not say what ran)."""
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True,
+                             text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return bool(out.stdout.strip()) if out.returncode == 0 else None
+
+
 def package_versions(names: Iterable[str] = PACKAGES) -> dict[str, str | None]:
     versions = {}
     for name in names:
@@ -99,7 +109,8 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         manifest = {"run_id": self.run_id, "started_at": _dt.datetime.now().isoformat(timespec="seconds"),
                     "finished_at": None, "seed": seed, "params": params, "packages": package_versions(),
-                    "git_sha": git_sha(Path(__file__).parent), "device": device_info(), **(extra or {})}
+                    "git_sha": git_sha(Path(__file__).parent),
+                    "git_dirty": git_dirty(Path(__file__).parent), "device": device_info(), **(extra or {})}
         atomic_write_json(self.manifest_path, manifest)
         return manifest
 

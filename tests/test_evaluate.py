@@ -93,6 +93,20 @@ def test_step_end(text, end):
     assert rollout.step_end(text) == end
 
 
+LOOP = 'Thought: x\nAction: f\nAction Input: {"a": [1, "a"], "b": {"a": "}"}, "c": "a,\\"", "b": {"a"'
+
+
+def test_repeated_key_guard_cuts_and_closes_the_object():
+    end = rollout.step_end(LOOP)
+    assert LOOP[:end].endswith('"c": "a,\\"",')
+    step, guarded = rollout.parse_generated(LOOP[:end])
+    assert guarded and step.arguments() == {"a": [1, "a"], "b": {"a": "}"}, "c": 'a,"'}
+    assert rollout.step_end(LOOP, key_guard=False) is None  # unguarded, it runs on to the token limit
+    complete = 'Thought: x\nAction: f\nAction Input: {"a": 1, "b": [2, 3]}'
+    assert rollout.close_step(complete) == (complete, False)
+    assert rollout.close_step('Thought: x\nAction: f\nAction Input: {"a": "1,') == ('Thought: x\nAction: f\nAction Input: {"a": "1,', False)
+
+
 def scripted(monkeypatch, outputs):
     """Feed the rollout loop fixed model outputs, to check the loop's bookkeeping exactly."""
     script = iter(outputs)
@@ -109,6 +123,18 @@ def test_rollout_loop_acts_observes_and_finishes(monkeypatch, tiny):
     assert rec["finish"] == {"return_type": "give_answer", "final_answer": "20 C"}
     assert [m["role"] for m in rec["messages"]] == ["user", "assistant", "tool", "assistant"]
     assert judge.judge(t, rec)["passed"]
+
+
+def test_guarded_step_is_acted_on_and_counted(monkeypatch, tiny):
+    t = task(gold_calls=GOLD, replay=[{"name": "get_weather", "arguments": {"city": "Paris"}, "response": {"temp": 20}}])
+    scripted(monkeypatch, ['Thought: look\nAction: get_weather\nAction Input: {"city": "Paris",',
+                           'Thought: done\nAction: Finish\nAction Input: {"return_type": "give_answer", "final_answer": "20 C"}'])
+    (ep,) = rollout.run(*tiny, [t], envs.make("replay"), rollout.Decoding(max_steps=5), batch_size=1)
+    rec = rollout.episode_record(ep)
+    assert rec["steps"][0]["guard"] == "repeated_key" and rec["steps"][0]["step"]["action_input"] == '{"city": "Paris"}'
+    rec["declared_tools"], rec["verdict"] = [x["name"] for x in t["tools"]], judge.judge(t, rec)
+    m = judge.metrics([rec])
+    assert rec["verdict"]["passed"] and m["guarded_step_rate"] == 0.5 and m["format_valid_rate"] == 1.0
 
 
 def test_rollout_budget_and_garbage(monkeypatch, tiny):
@@ -136,8 +162,11 @@ def test_evaluate_real_tiny_model_resumes_and_classifies(tmp_path, data_root):
         assert json.loads(line)["verdict"]["label"] in {e.value for e in ErrorLabel}
     metrics = json.loads((out / "metrics.json").read_text())
     for key in ("pass_rate", "pass_rate_ci95", "format_valid_rate", "finish_rate", "give_up_rate", "hallucinated_tool_rate",
-                "tool_name_accuracy", "call_match_rate", "avg_steps", "seconds_per_task", "tokens_per_second", "groups"):
+                "tool_name_accuracy", "call_match_rate", "avg_steps", "seconds_per_task", "tokens_per_second", "groups",
+                "guarded_step_rate"):
         assert key in metrics
+    # the stage's own peak (reset before the model loaded): a tiny model needs far less than the test process holds
+    assert metrics["peak_rss_is_process_peak"] is False and 0.05 < metrics["peak_rss_gb"] < 8
     assert 0 <= metrics["pass_rate"] <= 1 and set(metrics["groups"]) <= {"single_domain", "cross_domain"}
 
 

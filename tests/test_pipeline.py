@@ -78,6 +78,37 @@ def test_inspector_callbacks_show_the_chosen_trajectory(smoke_run):
 
 
 @pytest.mark.notebooks
+def test_results_export_matches_the_run_and_is_not_overwritten(smoke_run, tmp_path):
+    from slmlib import results
+    out = results.export(smoke_run, tmp_path / "results")
+    summary = read_json(out / "metrics.json")
+    cfb = read_json(smoke_run / "eval" / "tiny-opt-sft" / "complexfuncbench" / "metrics.json")
+    assert summary["eval"]["tiny-opt-sft"]["complexfuncbench"]["pass_rate"] == cfb["pass_rate"]
+    assert summary["train"]["steps"] == 4 and set(summary["notebook_seconds"]) == set(read_json(smoke_run / "run_manifest.json")["notebooks"])
+    readme = (out / "README.md").read_text()
+    lo, hi = cfb["pass_rate_ci95"]
+    assert f"| tiny-opt-sft | complexfuncbench | 8 | {100 * cfb['pass_rate']:.1f}% [{100 * lo:.1f}%, {100 * hi:.1f}%] |" in readme
+    assert f"python -m slmlib results {smoke_run}" in readme and "make run PROFILE=smoke" in readme
+    assert (out / "profile.yaml").read_text() == (REPO / "params" / "smoke.yaml").read_text()
+    html_text = (out / "05_results.html").read_text()
+    assert "data:image/png;base64" in html_text and "Pass rate by group" in html_text
+    assert (out / "pass_rate_complexfuncbench.png").stat().st_size > 5_000
+    met = {t["target"]: t["met"] for t in results.targets(summary)}
+    assert met["fine-tuned pass rate on complexfuncbench >= 50%"] == (cfb["pass_rate"] >= 0.5)
+    assert met["format-valid steps >= 99% (complexfuncbench)"] == (cfb["format_valid_rate"] >= 0.99)
+    with pytest.raises(results.ResultsExist):
+        results.export(smoke_run, out)
+
+
+def test_results_export_refuses_an_unfinished_run(tmp_path):
+    from slmlib import results
+    from slmlib.run import RunDir
+    RunDir(tmp_path, "r").start({"eval": {"baselines": []}}, 0)
+    with pytest.raises(ValueError, match="not a finished run"):
+        results.export(tmp_path / "r", tmp_path / "results")
+
+
+@pytest.mark.notebooks
 def test_finished_run_is_not_overwritten(smoke_run):
     with pytest.raises(RunExists):
         pipeline.run_profile(REPO / "params" / "smoke.yaml", run_id=smoke_run.name, output_root=smoke_run.parent)

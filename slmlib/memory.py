@@ -1,0 +1,34 @@
+"""Peak memory of one stage of a long-lived process (a notebook kernel evaluates several models).
+
+``ru_maxrss`` only ever grows, so a stage's own peak needs the high-water mark reset first:
+Linux does that with ``5`` written to ``/proc/self/clear_refs``; elsewhere the process peak is
+reported and flagged as such.
+"""
+from __future__ import annotations
+
+import resource
+from pathlib import Path
+
+
+def reset_peak() -> bool:
+    """Start a new peak; False when only the process-wide peak can be read."""
+    import torch
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak(since_reset: bool) -> dict[str, float | bool]:
+    """``peak_rss_gb`` (and ``peak_gpu_gb`` on a GPU) since :func:`reset_peak`."""
+    import torch
+    status = Path("/proc/self/status")
+    hwm = next((line for line in status.read_text().splitlines() if line.startswith("VmHWM:")), None) if status.is_file() else None
+    kb = int(hwm.split()[1]) if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out: dict[str, float | bool] = {"peak_rss_gb": round(kb / 1e6, 3), "peak_rss_is_process_peak": not since_reset}
+    if torch.cuda.is_available():
+        out["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 3)
+    return out

@@ -1,0 +1,180 @@
+"""``python -m slmlib results RUN_DIR``: a finished run's numbers as a folder to commit.
+
+Writes ``results/`` (or ``--out``): ``metrics.json`` (every model on every task set, overall and
+per group, with training and timing), ``metrics.csv`` (one row per model, task set and group),
+``profile.yaml`` (the exact profile), the executed ``04_error_analysis`` and ``05_results``
+notebooks as HTML with their figures inline, the figures as PNG, and ``README.md`` (command,
+machine, wall time per notebook, the tables and the experiment's targets, met or not). Nothing
+is written over an earlier export unless ``overwrite``; every file is written atomically.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from slmlib import analysis
+from slmlib.run import atomic_write_json, atomic_write_text, read_json
+
+HTML_NOTEBOOKS = ("04_error_analysis", "05_results")
+FIGURES = ("pass_rate_*.png", "error_breakdown.png", "training_curves.png", "speed_cost.png", "token_lengths.png")
+OVERALL_KEYS = ("n_tasks", "pass_rate", "pass_rate_ci95", "format_valid_rate", "guarded_step_rate", "finish_rate",
+                "hallucinated_tool_rate", "tool_name_accuracy", "call_match_rate", "avg_steps", "seconds_per_task",
+                "tokens_per_second", "peak_rss_gb", "peak_gpu_gb", "error_labels")
+# The experiment issue's targets, checked on the fine-tuned model's ComplexFuncBench numbers.
+PASS_TARGET, GAP_TARGET, FORMAT_TARGET, UNKNOWN_TOOL_TARGET = 0.50, 0.30, 0.99, 0.01
+PRIMARY_SET = "complexfuncbench"
+
+
+class ResultsExist(FileExistsError):
+    pass
+
+
+def notebook_seconds(path: Path) -> float | None:
+    """Wall time papermill recorded for an executed notebook."""
+    import nbformat
+    return nbformat.read(path, as_version=4).metadata.get("papermill", {}).get("duration")
+
+
+def collect(run_path: str | Path) -> dict[str, Any]:
+    """Everything the export shows, read from the run's files only."""
+    run = Path(run_path)
+    manifest = read_json(run / "run_manifest.json")
+    if not manifest.get("finished_at"):
+        raise ValueError(f"{run} is not a finished run (no finished_at in run_manifest.json): export a finished one")
+    run_metrics = read_json(run / "metrics.json")
+    evals: dict[str, dict[str, Any]] = {}
+    for model, task_set, d in analysis.eval_dirs(run):
+        m = read_json(d / "metrics.json")
+        evals.setdefault(model, {})[task_set] = {
+            **{k: m[k] for k in OVERALL_KEYS if k in m},
+            "groups": {g: {k: v[k] for k in ("n_tasks", "pass_rate", "pass_rate_ci95", "format_valid_rate", "call_match_rate")}
+                       for g, v in m.get("groups", {}).items()}}
+    started, finished = (dt.datetime.fromisoformat(manifest[k]) for k in ("started_at", "finished_at"))
+    return {"run_id": manifest["run_id"], "git_sha": manifest.get("git_sha"), "device": manifest["device"],
+            "git_dirty": manifest.get("git_dirty"), "packages": manifest["packages"], "profile_file": manifest.get("profile_file"),
+            "params": manifest["params"], "wall_seconds": (finished - started).total_seconds(),
+            "notebook_seconds": {s: notebook_seconds(run / f"{s}.ipynb") for s in manifest.get("notebooks", [])
+                                 if (run / f"{s}.ipynb").is_file()},
+            "data": run_metrics.get("data"), "train": run_metrics.get("train"), "eval": evals}
+
+
+def finetuned_label(summary: dict) -> str | None:
+    return next((m for m in summary["eval"] if m.endswith("-sft")), None)
+
+
+def targets(summary: dict) -> list[dict[str, Any]]:
+    """The experiment's targets, each with the measured value and whether it is met (None: not measured)."""
+    label = finetuned_label(summary)
+    ours = summary["eval"].get(label, {}) if label else {}
+    cfb = ours.get(PRIMARY_SET)
+    rows = [{"target": f"fine-tuned pass rate on {PRIMARY_SET} >= {PASS_TARGET:.0%}",
+             "value": cfb["pass_rate"] if cfb else None, "met": cfb["pass_rate"] >= PASS_TARGET if cfb else None}]
+    for baseline in summary["params"]["eval"]["baselines"]:
+        base = summary["eval"].get(baseline, {}).get(PRIMARY_SET)
+        gap = cfb["pass_rate"] - base["pass_rate"] if cfb and base else None
+        rows.append({"target": f"{GAP_TARGET * 100:.0f} points above untuned {baseline} on {PRIMARY_SET}",
+                     "value": gap, "met": gap >= GAP_TARGET if gap is not None else None})
+    for task_set, m in sorted(ours.items()):
+        rows.append({"target": f"format-valid steps >= {FORMAT_TARGET:.0%} ({task_set})",
+                     "value": m["format_valid_rate"], "met": m["format_valid_rate"] >= FORMAT_TARGET})
+        rows.append({"target": f"unknown-tool calls <= {UNKNOWN_TOOL_TARGET:.0%} ({task_set})",
+                     "value": m["hallucinated_tool_rate"], "met": m["hallucinated_tool_rate"] <= UNKNOWN_TOOL_TARGET})
+    return rows
+
+
+DIRTY = {True: " with uncommitted changes", None: " (whether the tree was clean is not recorded)"}
+
+
+def _num(x: float | None, fmt: str = "{:.2f}") -> str:
+    return "—" if x is None else fmt.format(x)
+
+
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:.1f}%"
+
+
+def markdown(summary: dict, command: str) -> str:
+    """The results folder's README: what ran, where, how long, and what it shows."""
+    dev = summary["device"]
+    machine = dev.get("gpu") or f"CPU only, {dev['cpu_count']} cores"
+    lines = [f"# Results: run `{summary['run_id']}`", "",
+             "Produced by the command below at commit "
+             f"`{(summary['git_sha'] or 'unknown')[:12]}`{DIRTY.get(summary['git_dirty'], '')}; `profile.yaml` is the exact "
+             "profile. Offline judge "
+             "(deterministic; **not** ToolEval's ChatGPT judge, so not comparable to the paper's 77.55%).", "",
+             "```", command, "```", "",
+             f"Machine: {machine} ({dev['platform']}, Python {dev['python']}); "
+             + ", ".join(f"{k} {v}" for k, v in summary["packages"].items() if v) + ".", "",
+             f"Wall time: {summary['wall_seconds'] / 60:.1f} min in all; per notebook: "
+             + ", ".join(f"{k} {v / 60:.1f} min" for k, v in summary["notebook_seconds"].items() if v is not None) + ".", ""]
+    train = summary.get("train")
+    if train:
+        lines += [f"Training: {train['n_rows']} trajectories, {train['supervised_tokens']:,} supervised tokens, "
+                  f"{train['steps']} optimizer steps in {train['train_seconds'] / 60:.1f} min on {train['device']} "
+                  f"({train['supervised_tokens_per_s']:.0f} supervised tokens/s), final loss {train['final_loss']:.3f}, "
+                  f"peak RSS {train['peak_rss_gb']:.1f} GB.", ""]
+    lines += ["## Pass rate and call quality (overall per task set)", "",
+              "| model | task set | n | pass rate [95% CI] | format-valid steps | guarded steps | unknown-tool calls | "
+              "call match | s/task | peak RSS GB |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for model, sets in summary["eval"].items():
+        for task_set, m in sorted(sets.items()):
+            lo, hi = m["pass_rate_ci95"]
+            lines.append(f"| {model} | {task_set} | {m['n_tasks']} | {_pct(m['pass_rate'])} [{_pct(lo)}, {_pct(hi)}] | "
+                         f"{_pct(m['format_valid_rate'])} | {_pct(m.get('guarded_step_rate'))} | "
+                         f"{_pct(m['hallucinated_tool_rate'])} | {_pct(m['call_match_rate'])} | "
+                         f"{m['seconds_per_task']:.1f} | {_num(m.get('peak_rss_gb'))} |")
+    lines += ["", "## Pass rate per group", "", "| model | task set | group | n | pass rate [95% CI] | call match |",
+              "|---|---|---|---|---|---|"]
+    for model, sets in summary["eval"].items():
+        for task_set, m in sorted(sets.items()):
+            for group, g in m["groups"].items():
+                lo, hi = g["pass_rate_ci95"]
+                lines.append(f"| {model} | {task_set} | {group} | {g['n_tasks']} | {_pct(g['pass_rate'])} "
+                             f"[{_pct(lo)}, {_pct(hi)}] | {_pct(g['call_match_rate'])} |")
+    lines += ["", "## Targets", "", "| target | measured | met |", "|---|---|---|"]
+    for t in targets(summary):
+        value = "—" if t["value"] is None else (f"{100 * t['value']:+.1f} points" if "points" in t["target"] else _pct(t["value"]))
+        lines.append(f"| {t['target']} | {value} | {'not measured' if t['met'] is None else ('yes' if t['met'] else '**no**')} |")
+    lines += ["", "## Error labels of failed episodes", "", "| model | task set | labels |", "|---|---|---|"]
+    for model, sets in summary["eval"].items():
+        for task_set, m in sorted(sets.items()):
+            labels = sorted(m.get("error_labels", {}).items(), key=lambda kv: -kv[1])
+            lines.append(f"| {model} | {task_set} | " + ", ".join(f"{k} {v}" for k, v in labels) + " |")
+    lines += ["", "Files: `metrics.json`, `metrics.csv`, " + ", ".join(f"`{s}.html`" for s in HTML_NOTEBOOKS)
+              + " (figures inline), the figures as PNG.", ""]
+    return "\n".join(lines)
+
+
+def export(run_path: str | Path, out_dir: str | Path = "results", *, command: str | None = None,
+           overwrite: bool = False) -> Path:
+    """Write the results folder of a finished run (see the module docstring); returns it."""
+    from nbconvert import HTMLExporter
+    run, out = Path(run_path), Path(out_dir)
+    summary = collect(run)
+    if (out / "metrics.json").is_file() and not overwrite:
+        raise ResultsExist(f"{out} already holds results (run {read_json(out / 'metrics.json').get('run_id')}); "
+                           "pass overwrite to replace them")
+    if command is None:
+        profile = Path(summary["profile_file"] or "params/default.yaml")
+        command = f"make run PROFILE={profile.stem}\n.venv/bin/python -m slmlib results {run} --out {out}"
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "metrics.json", summary)
+    table = analysis.metrics_table(run)
+    atomic_write_text(out / "metrics.csv", table.to_csv(index=False))
+    if summary["profile_file"] and Path(summary["profile_file"]).is_file():
+        atomic_write_text(out / "profile.yaml", Path(summary["profile_file"]).read_text(encoding="utf-8"))
+    exporter = HTMLExporter()
+    for stem in HTML_NOTEBOOKS:
+        if (run / f"{stem}.ipynb").is_file():
+            body, _ = exporter.from_filename(str(run / f"{stem}.ipynb"))
+            atomic_write_text(out / f"{stem}.html", body)
+    for pattern in FIGURES:
+        for fig in sorted(run.glob(pattern)):
+            tmp = out / f".{fig.name}.tmp"
+            shutil.copyfile(fig, tmp)
+            tmp.replace(out / fig.name)
+    atomic_write_text(out / "README.md", markdown(summary, command))
+    return out
