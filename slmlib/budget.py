@@ -3,10 +3,16 @@
 In order, and only as far as needed: observations are cut as ToolBench cuts them
 (``text[:n] + "..."``); the tool list is trimmed to the tools the trajectory uses (or the task's
 relevant / gold tools) plus ``k`` seeded distractors; the observations before the last step are cut
-to a quarter of that; the oldest steps of the history are dropped. (Dropping steps is the last
-resort: a trajectory that jumps from the question to a late step teaches the model to skip calls.)
-The target (the last assistant turn) is never cut: a trajectory that still does not fit is
-dropped, and every trim is counted.
+to a quarter of that; then steps go, as the loss decides:
+
+- loss on every assistant turn: the trajectory is cut to its longest prefix that fits, ending at
+  an assistant step. Every kept step keeps its whole history; dropping the oldest steps instead
+  would leave the question followed by a late step (often ``Finish``) and teach the model to
+  skip its calls.
+- loss on the last turn (ToolLLaMA rows, each already one step): the oldest steps of the history
+  go; the target (the last assistant turn) is never cut.
+
+A trajectory that still does not fit is dropped, and every trim is counted.
 """
 from __future__ import annotations
 
@@ -89,6 +95,18 @@ def drop_oldest_step(task: dict) -> bool:
     return True
 
 
+def drop_last_step(task: dict) -> bool:
+    """End the trajectory at its second-to-last assistant step (that step's observation goes too)."""
+    msgs = task["messages"]
+    steps = [i for i, m in enumerate(msgs) if m["role"] == "assistant"]
+    if len(steps) < 2:
+        return False
+    del msgs[steps[-1]:]
+    while msgs[-1]["role"] == "tool":
+        msgs.pop()
+    return True
+
+
 def make_counter(tokenizer):
     """Token length of rendered segments; segments are cached (system prompts repeat a lot)."""
     @lru_cache(maxsize=65536)
@@ -117,7 +135,8 @@ def fit(task: dict, count, max_length: int, *, loss_on: str = "last", max_observ
     if n > max_length:
         stats.observations_cut += shorten_history(task, max_observation_chars // 4)
         n = length()
-    while n > max_length and drop_oldest_step(task):
+    drop_step = drop_last_step if loss_on == "all" else drop_oldest_step
+    while n > max_length and drop_step(task):
         stats.steps_removed += 1
         n = length()
     if n > max_length:

@@ -129,6 +129,22 @@ def test_fit_trims_but_never_cuts_the_target(smol_tokenizer, cfb):
     assert budget.fit(long, count, 50, stats=stats) is None and stats.dropped == 1
 
 
+def test_fit_with_loss_on_every_turn_keeps_a_prefix(smol_tokenizer, cfb):
+    """No kept step loses its history: the question is never followed by a late step or Finish."""
+    count = budget.make_counter(smol_tokenizer)
+    stats = budget.TrimStats()
+    long = max((t for t in cfb[0] if len(t["tools"]) <= 2), key=lambda t: len(t["messages"]))
+    fitted = budget.fit(long, count, 2048, loss_on="all", stats=stats)
+    assert fitted is not None and count(tbf.segments(fitted, "all")) <= 2048 and stats.steps_removed > 0
+    calls = lambda t: [m["tool_calls"] for m in t["messages"] if m["role"] == "assistant"]  # noqa: E731
+    kept = calls(fitted)
+    assert kept == calls(long)[:len(kept)] and fitted["messages"][-1]["role"] == "assistant"
+    assert fitted["messages"][-1]["tool_calls"][0]["function"]["name"] != "Finish"
+    fits = [(budget.fit(t, count, 2048, loss_on="all"), t) for t in cfb[0][:40]]
+    assert sum(f is not None for f, _ in fits) >= 30
+    assert all(calls(f)[0] == calls(t)[0] for f, t in fits if f is not None)  # the first call always stays
+
+
 def test_tool_list_trimming_keeps_needed_tools(data_root, smol_tokenizer):
     task = next(t for t in stabletoolbench.tasks(data_root) if len(t["tools"]) > 6)
     kept = dict(task)
