@@ -174,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--batch-size", type=int, default=8)
     be.add_argument("--max-steps", type=int, default=10, help="as evaluate: the paper's budget")
     be.add_argument("--max-new-tokens", type=int, default=256, help="as evaluate")
+    be.add_argument("--configs", nargs="+", default=list(__import__("slmlib.bench").bench.EVAL_CONFIGS),
+                    help="the first is the baseline the others are compared with")
     be.add_argument("--work", default="/tmp/slmlib-bench-eval")
     be.set_defaults(func=_bench_eval)
 

@@ -141,18 +141,23 @@ def main(args) -> int:
     return 0
 
 
+# name -> (batched rows, stop at each step's end, reuse each episode's KV cache)
+EVAL_CONFIGS = {"one_at_a_time": (1, False, False), "batched": (None, True, False), "prefix_reuse": (1, True, True)}
+
+
 def eval_one(spec: dict) -> dict:
-    """One rollout configuration as a child process: batched with early stop, or one task at a time."""
+    """One rollout configuration (``EVAL_CONFIGS``) as a child process."""
     from slmlib import envs, models, rollout
     from slmlib.schema import read_jsonl
     model, tok = models.load(spec["model"])
     tasks = read_jsonl(spec["tasks_file"])
+    rows, early_stop, reuse = EVAL_CONFIGS[spec["config"]]
     dec = rollout.Decoding(max_steps=spec["max_steps"], max_new_tokens=spec["max_new_tokens"],
-                           early_stop=spec["batched"], max_context=8192)
+                           early_stop=early_stop, reuse_prefix=reuse, max_context=8192)
     t0 = time.perf_counter()
-    eps = list(rollout.run(model, tok, tasks, envs.make("replay"), dec, batch_size=spec["batch_size"] if spec["batched"] else 1))
+    eps = list(rollout.run(model, tok, tasks, envs.make("replay"), dec, batch_size=rows or spec["batch_size"]))
     wall = time.perf_counter() - t0
-    return {"config": "batched" if spec["batched"] else "one_at_a_time", "tasks": len(tasks), "wall_s": wall,
+    return {"config": spec["config"], "tasks": len(tasks), "wall_s": wall,
             "tasks_per_s": len(tasks) / wall, "seconds_per_task": wall / len(tasks),
             "steps": sum(len(e.steps) for e in eps), "new_tokens": sum(e.new_tokens for e in eps),
             "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
@@ -167,23 +172,22 @@ def main_eval(args) -> int:
     tasks = list(complexfuncbench.tasks("test"))[: args.n_tasks]
     write_jsonl(work / "tasks.jsonl", tasks)
     results = []
-    for batched in (False, True):
+    for config in args.configs:
         spec = {"model": args.model, "tasks_file": str(work / "tasks.jsonl"), "max_steps": args.max_steps,
-                "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "batched": batched}
+                "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "config": config}
         proc = subprocess.run([sys.executable, "-m", "slmlib.bench", "eval", json.dumps(spec)], capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"bench eval failed:\n{proc.stderr[-3000:]}")
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    base, ours = results
-    same = sum(base["outputs"][k] == ours["outputs"].get(k) for k in base["outputs"])
+    base = results[0]
     print(f"model {args.model}, {len(tasks)} ComplexFuncBench test tasks, replay, greedy, <= {args.max_steps} steps, "
-          f"<= {args.max_new_tokens} new tokens a step, batch {args.batch_size}")
-    print(f"{'config':16} {'tasks/s':>8} {'s/task':>8} {'steps':>6} {'new tok':>8} {'RSS GB':>7}")
+          f"<= {args.max_new_tokens} new tokens a step, batch {args.batch_size}; baseline {base['config']}")
+    print(f"{'config':16} {'tasks/s':>8} {'s/task':>8} {'steps':>6} {'new tok':>8} {'RSS GB':>7} {'identical':>9} {'speedup':>8}")
     for r in results:
-        print(f"{r['config']:16} {r['tasks_per_s']:8.4f} {r['seconds_per_task']:8.2f} {r['steps']:6d} {r['new_tokens']:8d} {r['peak_rss_gb']:7.2f}")
-    print(f"identical greedy trajectories: {same}/{len(base['outputs'])}")
+        same = sum(base["outputs"][k] == r["outputs"].get(k) for k in base["outputs"])
+        print(f"{r['config']:16} {r['tasks_per_s']:8.4f} {r['seconds_per_task']:8.2f} {r['steps']:6d} {r['new_tokens']:8d} "
+              f"{r['peak_rss_gb']:7.2f} {same:>4d}/{len(base['outputs']):<4d} {r['tasks_per_s'] / base['tasks_per_s']:7.2f}x")
     (work / "results.json").write_text(json.dumps(results, indent=2))
-    print(f"speedup: {ours['tasks_per_s'] / base['tasks_per_s']:.2f}x")
     return 0
 
 

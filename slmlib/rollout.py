@@ -131,6 +131,7 @@ class Episode:
     failure: tuple[str, str] | None = None  # (label, detail) that ended the episode early
     new_tokens: int = 0
     seconds: float = 0.0
+    prefix: PrefixCache | None = None  # the KV cache of its conversation, when steps run one at a time
 
     def state(self) -> dict:
         return {**self.task, "messages": self.messages}
@@ -144,11 +145,44 @@ class Decoding:
     max_context: int = 2048
     seed: int = 0
     early_stop: bool = True      # stop each row at its step's end (off: run to the token limit, then cut)
+    reuse_prefix: bool = True    # at batch size 1, keep each episode's KV cache from step to step
     key_guard: bool = True       # end an Action Input at its first repeated top-level key and close it
 
 
-def generate_steps(model, tokenizer, prompts: list[list[int]], dec: Decoding) -> tuple[list[str], list[int]]:
-    """Left-padded batch generation; returns each row's text up to its step end and its token count."""
+class PrefixCache:
+    """One episode's KV cache and the token ids it holds.
+
+    Each step's prompt is the previous prompt plus the step and its observation, so a step run
+    alone (a batch of one) prefills only what is new instead of the whole conversation again.
+    Models with sliding-window layers (Gemma 3) cannot be cropped back and always start afresh.
+    """
+
+    def __init__(self):
+        self.cache, self.ids = None, []
+
+    def prepare(self, model, prompt: list[int]):
+        from transformers import DynamicCache
+        keep = 0
+        while keep < min(len(self.ids), len(prompt) - 1) and self.ids[keep] == prompt[keep]:
+            keep += 1  # at least the prompt's last token is fed anew
+        if self.cache is None or keep == 0 or getattr(model.config, "sliding_window", None):
+            self.cache = DynamicCache()
+        elif self.cache.get_seq_length() > keep:
+            self.cache.crop(keep - self.cache.get_seq_length())
+        return self.cache
+
+    def update(self, sequence: list[int]) -> None:
+        self.ids = sequence[:self.cache.get_seq_length()]
+
+
+def generate_steps(model, tokenizer, prompts: list[list[int]], dec: Decoding,
+                   cache: PrefixCache | None = None) -> tuple[list[str], list[int]]:
+    """Left-padded batch generation; returns each row's text up to its step end and its token count.
+
+    With ``cache`` (one prompt only) the prefix it shares with the episode's previous step is reused.
+    """
+    if cache is not None and len(prompts) != 1:
+        raise ValueError("a prefix cache serves a batch of one")
     width = max(len(p) for p in prompts)
     pad = tokenizer.pad_token_id
     ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=model.device)
@@ -158,9 +192,13 @@ def generate_steps(model, tokenizer, prompts: list[list[int]], dec: Decoding) ->
         kwargs["temperature"] = dec.temperature
     if dec.early_stop:
         kwargs["stopping_criteria"] = StoppingCriteriaList([StopAtStepEnd(tokenizer, width, dec.key_guard)])
+    if cache is not None:
+        kwargs["cache"] = cache.prepare(model, prompts[0])
     with torch.no_grad():
         out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=dec.max_new_tokens,
                              pad_token_id=pad, top_p=None, top_k=None, **kwargs)
+    if cache is not None:
+        cache.update(out[0].tolist())
     texts, counts = [], []
     for row in out[:, width:]:
         row = row.tolist()
@@ -212,7 +250,9 @@ def run(model, tokenizer, tasks: Iterable[dict], env, dec: Decoding, batch_size:
             task = next(queue, None)
             if task is None:
                 break
-            active.append(Episode(task, copy.deepcopy(task["messages"]), dec.max_steps))
+            reuse = batch_size == 1 and dec.reuse_prefix
+            active.append(Episode(task, copy.deepcopy(task["messages"]), dec.max_steps,
+                                  prefix=PrefixCache() if reuse else None))
         if not active:
             return
         prompts, ready = [], []
@@ -225,7 +265,7 @@ def run(model, tokenizer, tasks: Iterable[dict], env, dec: Decoding, batch_size:
                 ready.append(ep)
         if ready:
             t0 = time.perf_counter()
-            texts, counts = generate_steps(model, tokenizer, prompts, dec)
+            texts, counts = generate_steps(model, tokenizer, prompts, dec, cache=ready[0].prefix if len(ready) == 1 else None)
             share = (time.perf_counter() - t0) / len(ready)
             for ep, text, n in zip(ready, texts, counts):
                 ep.seconds += share
@@ -234,6 +274,7 @@ def run(model, tokenizer, tasks: Iterable[dict], env, dec: Decoding, batch_size:
         still = []
         for ep in active:
             if ep.done:
+                ep.prefix = None  # free its KV cache
                 yield ep
             else:
                 still.append(ep)

@@ -107,6 +107,25 @@ def test_repeated_key_guard_cuts_and_closes_the_object():
     assert rollout.close_step('Thought: x\nAction: f\nAction Input: {"a": "1,') == ('Thought: x\nAction: f\nAction Input: {"a": "1,', False)
 
 
+def test_prefix_cache_reuses_the_shared_prefix_and_changes_nothing(tiny):
+    model, tok = tiny
+    dec = rollout.Decoding(max_new_tokens=12, early_stop=False, key_guard=False)
+    first = tok("Thought: the weather in Paris\nAction: get_weather", add_special_tokens=False).input_ids
+    cache = rollout.PrefixCache()
+    text, _ = rollout.generate_steps(model, tok, [first], dec, cache=cache)
+    assert cache.ids[:len(first)] == first and len(cache.ids) > len(first)  # prompt and output are cached
+    second = cache.ids + tok("\nObservation: sunny, 21 C", add_special_tokens=False).input_ids
+    cached = cache.prepare(model, second)
+    assert cached.get_seq_length() == len(cache.ids)  # only the observation is prefilled anew
+    reused, _ = rollout.generate_steps(model, tok, [second], dec, cache=cache)
+    fresh, _ = rollout.generate_steps(model, tok, [second], dec)
+    assert reused == fresh and text  # same greedy output as a full prefill
+    edited = second[:len(first) - 3] + tok(" Oslo", add_special_tokens=False).input_ids
+    assert cache.prepare(model, edited).get_seq_length() == len(first) - 3  # cropped back to the common prefix
+    with pytest.raises(ValueError, match="batch of one"):
+        rollout.generate_steps(model, tok, [first, first], dec, cache=cache)
+
+
 def scripted(monkeypatch, outputs):
     """Feed the rollout loop fixed model outputs, to check the loop's bookkeeping exactly."""
     script = iter(outputs)

@@ -120,3 +120,4 @@ def test_source_notebooks_are_committed_without_outputs():
         assert not any(c.get("outputs") for c in nb.cells if c.cell_type == "code"), path
         tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
         assert len(tagged) == 1 and "PROFILE" in tagged[0].source and "RUN_DIR" in tagged[0].source
+
