@@ -129,7 +129,7 @@ def test_prefix_cache_reuses_the_shared_prefix_and_changes_nothing(tiny):
 def scripted(monkeypatch, outputs):
     """Feed the rollout loop fixed model outputs, to check the loop's bookkeeping exactly."""
     script = iter(outputs)
-    monkeypatch.setattr(rollout, "generate_steps", lambda model, tok, prompts, dec: ([next(script) for _ in prompts], [5] * len(prompts)))
+    monkeypatch.setattr(rollout, "generate_steps", lambda model, tok, prompts, dec, cache=None: ([next(script) for _ in prompts], [5] * len(prompts)))
 
 
 def test_rollout_loop_acts_observes_and_finishes(monkeypatch, tiny):
