@@ -10,6 +10,7 @@ Action Input at its first repeated top-level key and closes the object there; su
 from __future__ import annotations
 
 import copy
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
@@ -17,7 +18,7 @@ from typing import Any, Iterable, Iterator
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from slmlib import encode
+from slmlib import encode, judge
 from slmlib import toolbench_format as tbf
 from slmlib.errors import ErrorLabel
 from slmlib.schema import FINISH
@@ -236,7 +237,12 @@ def _advance(ep: Episode, raw: str, env) -> None:
     record["observation"] = env.call(ep.task, parsed.action, parsed.arguments())
     ep.messages.append({"role": "tool", "name": parsed.action, "content": record["observation"]})
     ep.steps.append(record)
-    if sum(1 for s in ep.steps if "observation" in s) >= ep.max_steps:
+    calls = [json.dumps([s["step"]["action"], json.loads(s["step"]["action_input"])], sort_keys=True)
+             for s in ep.steps if "observation" in s]
+    repeats = calls.count(calls[-1])
+    if repeats > judge.REPEAT_LIMIT:  # the judge fails this episode whatever follows: stop spending steps on it
+        ep.failure, ep.done = (ErrorLabel.REPEATED_CALL.value, f"the same call {repeats} times"), True
+    elif len(calls) >= ep.max_steps:
         ep.done = True
 
 

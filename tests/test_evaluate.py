@@ -156,6 +156,16 @@ def test_guarded_step_is_acted_on_and_counted(monkeypatch, tiny):
     assert rec["verdict"]["passed"] and m["guarded_step_rate"] == 0.5 and m["format_valid_rate"] == 1.0
 
 
+def test_a_call_repeated_past_the_judges_limit_ends_the_episode(monkeypatch, tiny):
+    scripted(monkeypatch, ['Thought: again\nAction: get_news\nAction Input: {"q": 1}'] * 5)
+    t = task(gold_calls=GOLD)
+    (ep,) = rollout.run(*tiny, [t], envs.make("stub"), rollout.Decoding(max_steps=10), batch_size=1)
+    rec = rollout.episode_record(ep)
+    assert len(rec["steps"]) == judge.REPEAT_LIMIT + 1 and rec["failure"][0] == ErrorLabel.REPEATED_CALL
+    rec["declared_tools"] = [x["name"] for x in t["tools"]]
+    assert judge.judge(t, rec)["label"] == ErrorLabel.REPEATED_CALL
+
+
 def test_rollout_budget_and_garbage(monkeypatch, tiny):
     scripted(monkeypatch, ['Thought: again\nAction: get_news\nAction Input: {}'] * 3 + ["I like turtles"])
     t2 = {**task(gold_calls=GOLD), "id": "t2"}
