@@ -29,6 +29,11 @@ def calls_of(record: dict) -> list[tuple[str, dict]]:
     return out
 
 
+def call_key(name: str, arguments: dict) -> str:
+    """What makes two calls the same call (argument order does not matter)."""
+    return json.dumps([name, arguments], sort_keys=True)
+
+
 def match_gold(gold: dict, made: dict) -> tuple[ErrorLabel, str] | None:
     """Why ``made`` does not satisfy one gold call (same name assumed), or None when it does."""
     expected = gold.get("arguments", {})
@@ -99,7 +104,7 @@ def judge(task: dict, record: dict) -> dict:
     unknown = [n for n in made_names if n not in declared]
     if unknown:
         return fail(ErrorLabel.UNKNOWN_TOOL, f"called undeclared {unknown}")
-    repeats = Counter(json.dumps([n, a], sort_keys=True) for n, a in calls)
+    repeats = Counter(call_key(n, a) for n, a in calls)
     if repeats and max(repeats.values()) > REPEAT_LIMIT:
         return fail(ErrorLabel.REPEATED_CALL, f"the same call {max(repeats.values())} times")
     finish = record.get("finish")

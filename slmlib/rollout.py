@@ -10,7 +10,6 @@ Action Input at its first repeated top-level key and closes the object there; su
 from __future__ import annotations
 
 import copy
-import json
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
@@ -155,18 +154,17 @@ class PrefixCache:
 
     Each step's prompt is the previous prompt plus the step and its observation, so a step run
     alone (a batch of one) prefills only what is new instead of the whole conversation again.
-    Models with sliding-window layers (Gemma 3) cannot be cropped back and always start afresh.
     """
 
     def __init__(self):
         self.cache, self.ids = None, []
 
-    def prepare(self, model, prompt: list[int]):
+    def prepare(self, prompt: list[int]):
         from transformers import DynamicCache
         keep = 0
         while keep < min(len(self.ids), len(prompt) - 1) and self.ids[keep] == prompt[keep]:
             keep += 1  # at least the prompt's last token is fed anew
-        if self.cache is None or keep == 0 or getattr(model.config, "sliding_window", None):
+        if self.cache is None or keep == 0:
             self.cache = DynamicCache()
         elif self.cache.get_seq_length() > keep:
             self.cache.crop(keep - self.cache.get_seq_length())
@@ -194,7 +192,7 @@ def generate_steps(model, tokenizer, prompts: list[list[int]], dec: Decoding,
     if dec.early_stop:
         kwargs["stopping_criteria"] = StoppingCriteriaList([StopAtStepEnd(tokenizer, width, dec.key_guard)])
     if cache is not None:
-        kwargs["cache"] = cache.prepare(model, prompts[0])
+        kwargs["cache"] = cache.prepare(prompts[0])
     with torch.no_grad():
         out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=dec.max_new_tokens,
                              pad_token_id=pad, top_p=None, top_k=None, **kwargs)
@@ -237,8 +235,7 @@ def _advance(ep: Episode, raw: str, env) -> None:
     record["observation"] = env.call(ep.task, parsed.action, parsed.arguments())
     ep.messages.append({"role": "tool", "name": parsed.action, "content": record["observation"]})
     ep.steps.append(record)
-    calls = [json.dumps([s["step"]["action"], json.loads(s["step"]["action_input"])], sort_keys=True)
-             for s in ep.steps if "observation" in s]
+    calls = [judge.call_key(name, args) for name, args in judge.calls_of({"steps": ep.steps})]
     repeats = calls.count(calls[-1])
     if repeats > judge.REPEAT_LIMIT:  # the judge fails this episode whatever follows: stop spending steps on it
         ep.failure, ep.done = (ErrorLabel.REPEATED_CALL.value, f"the same call {repeats} times"), True
@@ -249,6 +246,8 @@ def _advance(ep: Episode, raw: str, env) -> None:
 def run(model, tokenizer, tasks: Iterable[dict], env, dec: Decoding, batch_size: int = 8) -> Iterator[Episode]:
     """Roll out every task; yields episodes as they finish (not in input order)."""
     torch.manual_seed(dec.seed)
+    # sliding-window layers (Gemma 3) cannot be cropped back to a shared prefix
+    reuse = batch_size == 1 and dec.reuse_prefix and not getattr(model.config, "sliding_window", None)
     queue = iter(tasks)
     active: list[Episode] = []
     while True:
@@ -256,7 +255,6 @@ def run(model, tokenizer, tasks: Iterable[dict], env, dec: Decoding, batch_size:
             task = next(queue, None)
             if task is None:
                 break
-            reuse = batch_size == 1 and dec.reuse_prefix
             active.append(Episode(task, copy.deepcopy(task["messages"]), dec.max_steps,
                                   prefix=PrefixCache() if reuse else None))
         if not active:

@@ -115,13 +115,13 @@ def test_prefix_cache_reuses_the_shared_prefix_and_changes_nothing(tiny):
     text, _ = rollout.generate_steps(model, tok, [first], dec, cache=cache)
     assert cache.ids[:len(first)] == first and len(cache.ids) > len(first)  # prompt and output are cached
     second = cache.ids + tok("\nObservation: sunny, 21 C", add_special_tokens=False).input_ids
-    cached = cache.prepare(model, second)
+    cached = cache.prepare(second)
     assert cached.get_seq_length() == len(cache.ids)  # only the observation is prefilled anew
     reused, _ = rollout.generate_steps(model, tok, [second], dec, cache=cache)
     fresh, _ = rollout.generate_steps(model, tok, [second], dec)
     assert reused == fresh and text  # same greedy output as a full prefill
     edited = second[:len(first) - 3] + tok(" Oslo", add_special_tokens=False).input_ids
-    assert cache.prepare(model, edited).get_seq_length() == len(first) - 3  # cropped back to the common prefix
+    assert cache.prepare(edited).get_seq_length() == len(first) - 3  # cropped back to the common prefix
     with pytest.raises(ValueError, match="batch of one"):
         rollout.generate_steps(model, tok, [first, first], dec, cache=cache)
 
@@ -132,12 +132,16 @@ def scripted(monkeypatch, outputs):
     monkeypatch.setattr(rollout, "generate_steps", lambda model, tok, prompts, dec, cache=None: ([next(script) for _ in prompts], [5] * len(prompts)))
 
 
-def test_rollout_loop_acts_observes_and_finishes(monkeypatch, tiny):
+def paris_episode(monkeypatch, tiny, first_step: str, batch_size: int) -> tuple[dict, dict]:
+    """A replayed weather task, scripted as ``first_step`` then a Finish; returns (task, episode record)."""
     t = task(gold_calls=GOLD, replay=[{"name": "get_weather", "arguments": {"city": "Paris"}, "response": {"temp": 20}}])
-    scripted(monkeypatch, ['Thought: look\nAction: get_weather\nAction Input: {"city": "Paris"}',
-                           'Thought: done\nAction: Finish\nAction Input: {"return_type": "give_answer", "final_answer": "20 C"}'])
-    (ep,) = rollout.run(*tiny, [t], envs.make("replay"), rollout.Decoding(max_steps=5), batch_size=2)
-    rec = rollout.episode_record(ep)
+    scripted(monkeypatch, [first_step, 'Thought: done\nAction: Finish\nAction Input: {"return_type": "give_answer", "final_answer": "20 C"}'])
+    (ep,) = rollout.run(*tiny, [t], envs.make("replay"), rollout.Decoding(max_steps=5), batch_size=batch_size)
+    return t, rollout.episode_record(ep)
+
+
+def test_rollout_loop_acts_observes_and_finishes(monkeypatch, tiny):
+    t, rec = paris_episode(monkeypatch, tiny, 'Thought: look\nAction: get_weather\nAction Input: {"city": "Paris"}', 2)
     assert json.loads(rec["steps"][0]["observation"])["response"] == {"temp": 20}
     assert rec["finish"] == {"return_type": "give_answer", "final_answer": "20 C"}
     assert [m["role"] for m in rec["messages"]] == ["user", "assistant", "tool", "assistant"]
@@ -145,11 +149,7 @@ def test_rollout_loop_acts_observes_and_finishes(monkeypatch, tiny):
 
 
 def test_guarded_step_is_acted_on_and_counted(monkeypatch, tiny):
-    t = task(gold_calls=GOLD, replay=[{"name": "get_weather", "arguments": {"city": "Paris"}, "response": {"temp": 20}}])
-    scripted(monkeypatch, ['Thought: look\nAction: get_weather\nAction Input: {"city": "Paris",',
-                           'Thought: done\nAction: Finish\nAction Input: {"return_type": "give_answer", "final_answer": "20 C"}'])
-    (ep,) = rollout.run(*tiny, [t], envs.make("replay"), rollout.Decoding(max_steps=5), batch_size=1)
-    rec = rollout.episode_record(ep)
+    t, rec = paris_episode(monkeypatch, tiny, 'Thought: look\nAction: get_weather\nAction Input: {"city": "Paris",', 1)
     assert rec["steps"][0]["guard"] == "repeated_key" and rec["steps"][0]["step"]["action_input"] == '{"city": "Paris"}'
     rec["declared_tools"], rec["verdict"] = [x["name"] for x in t["tools"]], judge.judge(t, rec)
     m = judge.metrics([rec])
