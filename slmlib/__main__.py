@@ -94,8 +94,8 @@ def _bench_eval(args) -> int:
 
 def _run(args) -> int:
     from slmlib import pipeline
-    run_dir = pipeline.run_profile(args.params, run_id=args.run_id, overwrite=args.overwrite,
-                                   output_root=args.output_root)
+    run_dir = pipeline.run_profile(args.params, run_id=args.resume or args.run_id, overwrite=args.overwrite,
+                                   output_root=args.output_root, resume=bool(args.resume))
     print(run_dir)
     return 0
 
@@ -112,7 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="execute the notebooks of a profile with papermill into outputs/<run-id>/")
     run.add_argument("--params", default="params/default.yaml", help="profile YAML")
-    run.add_argument("--run-id", help="default: <profile>-<timestamp>")
+    named = run.add_mutually_exclusive_group()
+    named.add_argument("--run-id", help="default: <profile>-<timestamp>")
+    named.add_argument("--resume", metavar="RUN_ID", help="continue this interrupted run from its first unfinished notebook")
     run.add_argument("--output-root", default="outputs")
     run.add_argument("--overwrite", action="store_true", help="replace a finished run of the same id")
     run.set_defaults(func=_run)

@@ -3,16 +3,22 @@
 Each notebook gets two parameters, ``PROFILE`` (the YAML file) and ``RUN_DIR``, and hands its
 results to the next only through files in ``outputs/<run-id>/``. A failing notebook stops the
 chain; its executed copy stays in the run folder and the error names it and the failing cell.
+``resume`` continues an interrupted run from its first notebook that did not finish; inside it,
+training restarts from its last checkpoint and evaluation skips the tasks already judged.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+
+import nbformat
 
 from slmlib import config, data
 from slmlib.config import REPO
 from slmlib.run import RunDir, new_run_id
 
 NOTEBOOKS = REPO / "notebooks"
+log = logging.getLogger(__name__)
 
 
 class NotebookFailed(RuntimeError):
@@ -30,20 +36,38 @@ def notebooks(profile: config.Profile) -> list[Path]:
     return [by_stem[s] for s in profile.notebooks]
 
 
+def executed(path: Path) -> bool:
+    """Whether papermill ran this notebook to its end without an error (a killed run leaves no end time)."""
+    if not path.is_file():
+        return False
+    meta = nbformat.read(path, as_version=4).metadata.get("papermill", {})
+    return meta.get("end_time") is not None and not meta.get("exception")
+
+
 def run_profile(params: str | Path, run_id: str | None = None, overwrite: bool = False,
-                output_root: str | Path = REPO / "outputs") -> Path:
+                output_root: str | Path = REPO / "outputs", resume: bool = False) -> Path:
+    """Execute a profile's notebooks into ``<output_root>/<run_id>``; ``resume`` continues that unfinished run."""
     import papermill as pm
 
+    if resume and (run_id is None or overwrite):
+        raise ValueError("resume continues one named run: give its run id, and no overwrite")
     params = Path(params).resolve()
     profile = config.load(params)  # fails on typos before anything runs
     missing = data.check_sources(profile.data.required, profile.data.optional, profile.data.root)
     run = RunDir(output_root, run_id or new_run_id(profile.name))
     chain = notebooks(profile)
-    run.start(profile.to_dict(), profile.seed, overwrite=overwrite,
-              extra={"profile_file": str(params), "notebooks": [p.stem for p in chain],
-                     "missing_optional_sources": missing})
+    if resume:
+        run.resume(profile.to_dict())
+    else:
+        run.start(profile.to_dict(), profile.seed, overwrite=overwrite,
+                  extra={"profile_file": str(params), "notebooks": [p.stem for p in chain],
+                         "missing_optional_sources": missing})
     for nb in chain:
         out = run.path / nb.name
+        if resume and executed(out):
+            log.info("%s already ran to its end; kept", out)
+            continue
+        resume = False  # every notebook after the first rerun reads its fresh outputs, so it reruns too
         try:
             pm.execute_notebook(str(nb), str(out), parameters={"PROFILE": str(params), "RUN_DIR": str(run.path.resolve())},
                                 cwd=str(NOTEBOOKS), progress_bar=False, kernel_name="python3")

@@ -10,7 +10,6 @@ is written over an earlier export unless ``overwrite``; every file is written at
 from __future__ import annotations
 
 import datetime as dt
-import json
 import shutil
 from pathlib import Path
 from typing import Any

@@ -22,6 +22,10 @@ class RunExists(FileExistsError):
     pass
 
 
+class CannotResume(ValueError):
+    pass
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -114,6 +118,24 @@ class RunDir:
         atomic_write_json(self.manifest_path, manifest)
         return manifest
 
+    def resume(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Continue an unfinished run with the same parameters; each resume is logged in the manifest."""
+        if not self.manifest_path.is_file():
+            raise CannotResume(f"{self.path}: no run to resume (no run_manifest.json)")
+        manifest = read_json(self.manifest_path)
+        if manifest.get("finished_at") is not None:
+            raise CannotResume(f"{self.path} finished at {manifest['finished_at']}; nothing to resume")
+        as_stored = json.loads(json.dumps(params, default=str))  # the manifest holds JSON: tuples came back as lists
+        changed = sorted(_diff(manifest.get("params", {}), as_stored))
+        if changed:
+            raise CannotResume(f"{self.path} was started with other parameters ({', '.join(changed)}); "
+                               "resume it with the profile it started with")
+        resumes = manifest.get("resumes", []) + [{"at": _dt.datetime.now().isoformat(timespec="seconds"),
+                                                  "git_sha": git_sha(Path(__file__).parent),
+                                                  "git_dirty": git_dirty(Path(__file__).parent)}]
+        self.update_manifest(resumes=resumes)
+        return {**manifest, "resumes": resumes}
+
     def update_manifest(self, **fields: Any) -> None:
         manifest = read_json(self.manifest_path)
         manifest.update(fields)
@@ -131,3 +153,12 @@ class RunDir:
         metrics[key] = value
         atomic_write_json(self.metrics_path, metrics)
         return value
+
+
+def _diff(a: Any, b: Any, prefix: str = "") -> Iterable[str]:
+    """Dotted paths where two parameter trees differ."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b), key=str):
+            yield from _diff(a.get(k), b.get(k), f"{prefix}{k}.")
+    elif a != b:
+        yield prefix.rstrip(".")

@@ -22,7 +22,7 @@ from transformers import TrainerCallback, set_seed
 from slmlib import encode, models
 from slmlib import toolbench_format as tbf
 from slmlib.config import Profile, TrainConfig
-from slmlib.run import RunExists, atomic_write_json, atomic_write_text
+from slmlib.run import RunExists, atomic_write_json, atomic_write_text, read_json
 from slmlib.schema import iter_jsonl
 
 log = logging.getLogger(__name__)
@@ -146,14 +146,22 @@ tokenizer = AutoTokenizer.from_pretrained(PATH)
 """
 
 
-def train(profile: Profile, train_file: str | Path, out_dir: str | Path, overwrite: bool = False) -> dict:
-    """Fine-tune per ``profile.train`` on a task file; returns the summary also written to ``train_summary.json``."""
+def train(profile: Profile, train_file: str | Path, out_dir: str | Path, overwrite: bool = False,
+          reuse: bool = False) -> dict:
+    """Fine-tune per ``profile.train`` on a task file; returns the summary also written to ``train_summary.json``.
+
+    A finished training in ``out_dir`` is an error, unless ``reuse`` (a resumed pipeline run, whose
+    parameters were checked against its manifest) returns its summary as it is.
+    """
     from datasets import Dataset
     from trl import SFTTrainer
 
     out = Path(out_dir)
     summary_path = out / "train_summary.json"
     if summary_path.is_file() and not overwrite:
+        if reuse:
+            log.info("%s already trained; reusing it", out)
+            return read_json(summary_path)
         raise RunExists(f"{out} holds a finished training run; pass overwrite to train again")
     cfg = profile.train
     set_seed(profile.seed)

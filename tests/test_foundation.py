@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from slmlib import assets, config, models
-from slmlib.run import RunDir, RunExists, atomic_write_json, read_json
+from slmlib.run import CannotResume, RunDir, RunExists, atomic_write_json, read_json
 
 from conftest import REPO
 
@@ -64,6 +64,21 @@ def test_run_dir_manifest_and_no_silent_overwrite(tmp_path):
         run.start({"a": 2}, seed=3)
     run.start({"a": 2}, seed=3, overwrite=True)
     assert read_json(run.manifest_path)["params"] == {"a": 2}
+
+
+def test_resume_needs_an_unfinished_run_with_the_same_parameters(tmp_path):
+    run = RunDir(tmp_path, "r")
+    with pytest.raises(CannotResume, match="no run to resume"):
+        run.resume({"a": 1})
+    run.start({"a": 1, "b": {"c": (1, 2)}}, seed=0)
+    with pytest.raises(CannotResume, match=r"other parameters \(b\.c\)"):
+        run.resume({"a": 1, "b": {"c": (1, 3)}})
+    run.resume({"a": 1, "b": {"c": (1, 2)}})
+    run.resume({"a": 1, "b": {"c": (1, 2)}})
+    assert len(read_json(run.manifest_path)["resumes"]) == 2
+    run.finish()
+    with pytest.raises(CannotResume, match="nothing to resume"):
+        run.resume({"a": 1, "b": {"c": (1, 2)}})
 
 
 def test_atomic_write_leaves_old_file_on_failure(tmp_path):

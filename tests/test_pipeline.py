@@ -1,11 +1,12 @@
 import html
 import json
+import shutil
 
 import nbformat
 import pytest
 
 from slmlib import pipeline
-from slmlib.run import RunExists, read_json
+from slmlib.run import CannotResume, RunExists, atomic_write_json, read_json
 
 from conftest import REPO
 
@@ -112,6 +113,34 @@ def test_results_export_refuses_an_unfinished_run(tmp_path):
 def test_finished_run_is_not_overwritten(smoke_run):
     with pytest.raises(RunExists):
         pipeline.run_profile(REPO / "params" / "smoke.yaml", run_id=smoke_run.name, output_root=smoke_run.parent)
+
+
+@pytest.mark.notebooks
+def test_an_interrupted_run_resumes_where_it_stopped(smoke_run, tmp_path):
+    run = shutil.copytree(smoke_run, tmp_path / smoke_run.name)
+    # as a run killed while evaluating leaves it: 03 without an end time, its last two episodes unwritten,
+    # 04 and 05 not started, the manifest unfinished
+    atomic_write_json(run / "run_manifest.json", {**read_json(run / "run_manifest.json"), "finished_at": None})
+    nb = nbformat.read(run / "03_evaluation.ipynb", as_version=4)
+    nb.metadata.papermill.end_time = None
+    nbformat.write(nb, run / "03_evaluation.ipynb")
+    for stem in ("04_error_analysis", "05_results"):
+        (run / f"{stem}.ipynb").unlink()
+    preds = run / "eval" / "tiny-opt-sft" / "complexfuncbench" / "predictions.jsonl"
+    lines = preds.read_text().splitlines(keepends=True)
+    preds.write_text("".join(lines[:-2]))
+    kept = {p: p.read_bytes() for p in (run / "01_data_exploration.ipynb", run / "02_fine_tuning.ipynb",
+                                         run / "data" / "train.jsonl", run / "train" / "train_summary.json")}
+    pipeline.run_profile(REPO / "params" / "smoke.yaml", run_id=run.name, output_root=tmp_path, resume=True)
+    assert all(p.read_bytes() == b for p, b in kept.items())  # neither the data nor the training ran again
+    after = preds.read_text().splitlines(keepends=True)
+    assert after[:-2] == lines[:-2]  # the judged episodes were kept, only the missing two rolled out
+    assert sorted(json.loads(x)["id"] for x in after) == sorted(json.loads(x)["id"] for x in lines)
+    manifest = read_json(run / "run_manifest.json")
+    assert manifest["finished_at"] and len(manifest["resumes"]) == 1
+    assert all(pipeline.executed(run / f"{stem}.ipynb") for stem in manifest["notebooks"])
+    with pytest.raises(CannotResume, match="nothing to resume"):
+        pipeline.run_profile(REPO / "params" / "smoke.yaml", run_id=run.name, output_root=tmp_path, resume=True)
 
 
 def test_source_notebooks_are_committed_without_outputs():

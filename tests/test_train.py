@@ -9,7 +9,7 @@ import pytest
 
 from slmlib import config, models, schema, train
 from slmlib.data import apibank
-from slmlib.run import RunExists
+from slmlib.run import RunExists, read_json
 
 from conftest import REPO
 
@@ -115,3 +115,5 @@ def test_bad_input_fails_early_and_clearly(small, uninterrupted, tmp_path):
         train.train(config.load(small / "p.yaml"), empty, tmp_path / "e")
     with pytest.raises(RunExists):
         train.train(config.load(small / "p.yaml"), small / "train.jsonl", uninterrupted[0])
+    reused = train.train(config.load(small / "p.yaml"), small / "train.jsonl", uninterrupted[0], reuse=True)
+    assert reused == read_json(uninterrupted[0] / "train_summary.json")
