@@ -55,6 +55,7 @@ def collect(run_path: str | Path) -> dict[str, Any]:
     return {"run_id": manifest["run_id"], "git_sha": manifest.get("git_sha"), "device": manifest["device"],
             "git_dirty": manifest.get("git_dirty"), "packages": manifest["packages"], "profile_file": manifest.get("profile_file"),
             "params": manifest["params"], "wall_seconds": (finished - started).total_seconds(),
+            "resumes": manifest.get("resumes", []),
             "notebook_seconds": {s: notebook_seconds(run / f"{s}.ipynb") for s in manifest.get("notebooks", [])
                                  if (run / f"{s}.ipynb").is_file()},
             "data": run_metrics.get("data"), "train": run_metrics.get("train"), "eval": evals}
@@ -109,6 +110,10 @@ def markdown(summary: dict, command: str) -> str:
              + ", ".join(f"{k} {v}" for k, v in summary["packages"].items() if v) + ".", "",
              f"Wall time: {summary['wall_seconds'] / 60:.1f} min in all; per notebook: "
              + ", ".join(f"{k} {v / 60:.1f} min" for k, v in summary["notebook_seconds"].items() if v is not None) + ".", ""]
+    if summary["resumes"]:
+        lines += [f"Interrupted and resumed {len(summary['resumes'])} time(s) with `make run RESUME={summary['run_id']}` "
+                  "(at " + ", ".join(f"{r['at']} on `{(r['git_sha'] or 'unknown')[:12]}`{DIRTY.get(r['git_dirty'], '')}"
+                                   for r in summary["resumes"]) + "); the wall time counts from the first start.", ""]
     train = summary.get("train")
     if train:
         lines += [f"Training: {train['n_rows']} trajectories, {train['supervised_tokens']:,} supervised tokens, "

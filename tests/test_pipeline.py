@@ -138,6 +138,9 @@ def test_an_interrupted_run_resumes_where_it_stopped(smoke_run, tmp_path):
     assert sorted(json.loads(x)["id"] for x in after) == sorted(json.loads(x)["id"] for x in lines)
     manifest = read_json(run / "run_manifest.json")
     assert manifest["finished_at"] and len(manifest["resumes"]) == 1
+    from slmlib import results
+    readme = (results.export(run, tmp_path / "results") / "README.md").read_text()
+    assert f"resumed 1 time(s) with `make run RESUME={run.name}` (at {manifest['resumes'][0]['at']}" in readme
     assert all(pipeline.executed(run / f"{stem}.ipynb") for stem in manifest["notebooks"])
     with pytest.raises(CannotResume, match="nothing to resume"):
         pipeline.run_profile(REPO / "params" / "smoke.yaml", run_id=run.name, output_root=tmp_path, resume=True)
