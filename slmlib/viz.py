@@ -69,6 +69,27 @@ def pass_rate_by_group(table, task_set: str):
     return fig
 
 
+QUALITY = {"format_valid_rate": "format-valid steps", "call_match_rate": "gold calls matched", "pass_rate": "pass rate"}
+
+
+def call_quality(table):
+    """Format validity, call match and pass rate per model, one panel per task set.
+
+    When every pass rate is near zero this is where the models still differ.
+    """
+    t = table[table["group"] == "overall"].melt(id_vars=["model", "task_set"], value_vars=list(QUALITY),
+                                                var_name="metric", value_name="rate")
+    t["metric"] = t["metric"].map(QUALITY)
+    sets = sorted(t["task_set"].unique())
+    fig, axes = plt.subplots(1, len(sets), figsize=(5.5 * len(sets), 3.8), squeeze=False, sharey=True)
+    for ax, task_set in zip(axes[0], sets):
+        sns.barplot(data=t[t["task_set"] == task_set], x="metric", y="rate", hue="model", ax=ax)
+        ax.set(ylim=(0, 1), xlabel="", ylabel="rate (offline judge)", title=task_set)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def error_breakdown(preds):
     """Episodes per primary error label, per model (passed episodes included for scale)."""
     counts = preds.groupby(["model", "label"]).size().rename("episodes").reset_index()

@@ -48,7 +48,7 @@ def test_training_evaluation_and_results_metrics(smoke_run):
     assert 0 <= cfb["format_valid_rate"] <= 1 and cfb["seconds_per_task"] > 0
     assert sum(m["errors"].get(label, {}).values()) <= 32
     assert set(m["results"]) == {f"{label}/complexfuncbench", f"{label}/stabletoolbench"}
-    for name in ("training_curves", "error_breakdown", "pass_rate_complexfuncbench", "speed_cost"):
+    for name in ("training_curves", "error_breakdown", "pass_rate_complexfuncbench", "call_quality", "speed_cost"):
         assert (smoke_run / f"{name}.png").stat().st_size > 5_000, name
 
 
