@@ -1,7 +1,8 @@
 """The offline, deterministic judge: one verdict and one primary error label per episode.
 
 A task passes when the episode ends with ``Finish`` / ``give_answer`` and a non-empty answer
-within the budget, every step parsed, no undeclared tool was called, no call was repeated more
+within the budget (a Finish that is not strict JSON is read as ToolBench's environment reads it:
+``toolbench_format.toolbench_finish``), every tool call parsed, no undeclared tool was called, no call was repeated more
 than twice, and the calls match ``gold_calls`` (BFCL semantics: each expected call matched once,
 values among the acceptable ones, ``""`` = may be omitted, no unexpected arguments, types
 checked; further calls are allowed) or, with only ``relevant_tools``, every relevant tool was

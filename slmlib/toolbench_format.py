@@ -126,6 +126,8 @@ class ParseFailure:
     label: ErrorLabel
     detail: str
     text: str
+    action: str | None = None        # set when only the Action Input failed to parse
+    action_input: str | None = None
 
 
 def render_step(step: Step) -> str:
@@ -156,10 +158,38 @@ def parse_step(text: str) -> Step | ParseFailure:
     try:
         value, end = json.JSONDecoder().raw_decode(raw)
     except json.JSONDecodeError as e:
-        return ParseFailure(ErrorLabel.INVALID_JSON_INPUT, f"Action Input is not JSON: {e.msg}", text)
+        return ParseFailure(ErrorLabel.INVALID_JSON_INPUT, f"Action Input is not JSON: {e.msg}", text, action, raw)
     if not isinstance(value, dict):
-        return ParseFailure(ErrorLabel.INVALID_JSON_INPUT, "Action Input is not a JSON object", text)
+        return ParseFailure(ErrorLabel.INVALID_JSON_INPUT, "Action Input is not a JSON object", text, action, raw)
     return Step(thought, action, raw[:end])
+
+
+RETURN_TYPE, FINAL_ANSWER = '"return_type": "', '"final_answer": "'
+
+
+def toolbench_finish(action_input: str) -> dict | None:
+    """A Finish whose input is not strict JSON, read as ToolBench's environment reads it, or None.
+
+    ``rapidapi.py`` (``_step``) tries ``json.loads(..., strict=False)`` (raw newlines allowed), then
+    looks for the ``return_type`` and takes everything after ``"final_answer": "`` as the answer.
+    It ends the episode on ``give_answer`` with an answer or on ``give_up_and_restart``; for
+    anything else it answers with an error, and so do we (None).
+    """
+    try:
+        args = json.loads(action_input, strict=False)
+    except json.JSONDecodeError:
+        args = {}
+        if RETURN_TYPE in action_input:
+            for kind in ("give_answer", "give_up_and_restart"):
+                if f'{RETURN_TYPE}{kind}"' in action_input:
+                    args["return_type"] = kind
+                    break
+        if FINAL_ANSWER in action_input:
+            args["final_answer"] = action_input[action_input.find(FINAL_ANSWER) + len(FINAL_ANSWER):]
+    if not isinstance(args, dict):
+        return None
+    ends = args.get("return_type") == "give_up_and_restart" or (args.get("return_type") == "give_answer" and "final_answer" in args)
+    return args if ends else None
 
 
 # ---------------------------------------------------------------- messages <-> steps

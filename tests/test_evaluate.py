@@ -132,10 +132,13 @@ def scripted(monkeypatch, outputs):
     monkeypatch.setattr(rollout, "generate_steps", lambda model, tok, prompts, dec, cache=None: ([next(script) for _ in prompts], [5] * len(prompts)))
 
 
-def paris_episode(monkeypatch, tiny, first_step: str, batch_size: int) -> tuple[dict, dict]:
-    """A replayed weather task, scripted as ``first_step`` then a Finish; returns (task, episode record)."""
+FINISH_20C = 'Thought: done\nAction: Finish\nAction Input: {"return_type": "give_answer", "final_answer": "20 C"}'
+
+
+def paris_episode(monkeypatch, tiny, first_step: str, batch_size: int, finish: str = FINISH_20C) -> tuple[dict, dict]:
+    """A replayed weather task, scripted as ``first_step`` then ``finish``; returns (task, episode record)."""
     t = task(gold_calls=GOLD, replay=[{"name": "get_weather", "arguments": {"city": "Paris"}, "response": {"temp": 20}}])
-    scripted(monkeypatch, [first_step, 'Thought: done\nAction: Finish\nAction Input: {"return_type": "give_answer", "final_answer": "20 C"}'])
+    scripted(monkeypatch, [first_step, finish])
     (ep,) = rollout.run(*tiny, [t], envs.make("replay"), rollout.Decoding(max_steps=5), batch_size=batch_size)
     return t, rollout.episode_record(ep)
 
@@ -154,6 +157,29 @@ def test_guarded_step_is_acted_on_and_counted(monkeypatch, tiny):
     rec["declared_tools"], rec["verdict"] = [x["name"] for x in t["tools"]], judge.judge(t, rec)
     m = judge.metrics([rec])
     assert rec["verdict"]["passed"] and m["guarded_step_rate"] == 0.5 and m["format_valid_rate"] == 1.0
+
+
+@pytest.mark.parametrize("finish_input, answer", [
+    ('{"return_type": "give_answer", "final_answer": "20\nC"}', "20\nC"),      # a raw newline: json strict=False
+    ('{"return_type": "give_answer", "final_answer": "20 C\\n\\n\\n', "20 C\\n\\n\\n"),  # cut off: the rest is the answer
+    ('{"final_answer": "20 C", "return_type": "give_answer"', '20 C", "return_type": "give_answer"'),
+])
+def test_a_finish_toolbench_accepts_ends_the_episode_as_a_format_failure(monkeypatch, tiny, finish_input, answer):
+    call = 'Thought: look\nAction: get_weather\nAction Input: {"city": "Paris"}'
+    t, rec = paris_episode(monkeypatch, tiny, call, 1, finish=f"Thought: done\nAction: Finish\nAction Input: {finish_input}")
+    assert rec["finish"]["final_answer"] == answer and rec["failure"] is None
+    assert rec["steps"][-1]["error"] == ErrorLabel.INVALID_JSON_INPUT
+    rec["declared_tools"], rec["verdict"] = [x["name"] for x in t["tools"]], judge.judge(t, rec)
+    assert rec["verdict"]["passed"] and judge.metrics([rec])["format_valid_rate"] == 0.5
+
+
+@pytest.mark.parametrize("finish_input", ['{"final_answer": "20 C"', '{"return_type": "give_answer", "answer": "20 C"'])
+def test_a_finish_toolbench_rejects_fails_the_episode(monkeypatch, tiny, finish_input):
+    call = 'Thought: look\nAction: get_weather\nAction Input: {"city": "Paris"}'
+    t, rec = paris_episode(monkeypatch, tiny, call, 1, finish=f"Thought: done\nAction: Finish\nAction Input: {finish_input}")
+    assert rec["finish"] is None and rec["failure"][0] == ErrorLabel.INVALID_JSON_INPUT
+    rec["declared_tools"] = [x["name"] for x in t["tools"]]
+    assert judge.judge(t, rec)["label"] == ErrorLabel.INVALID_JSON_INPUT
 
 
 def test_a_call_repeated_past_the_judges_limit_ends_the_episode(monkeypatch, tiny):

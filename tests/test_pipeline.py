@@ -1,5 +1,6 @@
 import html
 import json
+import re
 import shutil
 
 import nbformat
@@ -153,3 +154,16 @@ def test_source_notebooks_are_committed_without_outputs():
         tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
         assert len(tagged) == 1 and "PROFILE" in tagged[0].source and "RUN_DIR" in tagged[0].source
 
+
+
+def test_committed_results_are_the_exports_own_and_the_readme_shows_them():
+    from slmlib import results
+    out = REPO / "results"
+    summary, readme = read_json(out / "metrics.json"), (out / "README.md").read_text()
+    command = readme.split("```\n")[1].rstrip("\n")
+    assert results.markdown(summary, command) == readme  # generated from metrics.json, not edited by hand
+    top = (REPO / "README.md").read_text()
+    overall = readme.split("## Pass rate and call quality (overall per task set)\n\n")[1].split("\n\n")[0]
+    assert overall in top and summary["run_id"] in top
+    figures = re.findall(r"\]\(results/([\w.-]+\.png)\)", top)
+    assert figures and all((out / f).is_file() for f in figures)
