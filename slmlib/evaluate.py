@@ -1,7 +1,8 @@
 """``python -m slmlib evaluate``: roll a model out on a task file and judge every episode.
 
 ``predictions.jsonl`` gets one line per task as soon as it finishes (so a crash loses nothing and
-a rerun skips what is done); ``metrics.json`` is written atomically at the end. ``--mode step``
+a rerun skips what is done, and judges every stored episode again with the current judge);
+``metrics.json`` is written atomically at the end. ``--mode step``
 scores next-step prediction against the gold trajectory instead (teacher-forced, fast).
 """
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 from slmlib import encode, envs, judge, memory, models, rollout
 from slmlib import toolbench_format as tbf
-from slmlib.run import atomic_write_json
+from slmlib.run import atomic_write_json, atomic_write_text
 from slmlib.schema import FINISH, assistant_call, read_jsonl
 from slmlib.values import same_value
 
@@ -44,8 +45,13 @@ def done_ids(path: Path) -> set[str]:
 
 
 def append_line(path: Path, record: dict) -> None:
+    cut = False
+    if path.is_file() and path.stat().st_size:
+        with open(path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            cut = f.read(1) != b"\n"  # a crash cut the last line: start on a fresh one
     with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        f.write(("\n" if cut else "") + json.dumps(record, ensure_ascii=False) + "\n")
         f.flush()
         os.fsync(f.fileno())
 
@@ -115,6 +121,27 @@ def _rate(xs: list[bool]) -> float:
     return sum(xs) / len(xs) if xs else 0.0
 
 
+def rejudge(preds: Path, by_id: dict[str, dict]) -> list[dict]:
+    """The records of these tasks, each judged by the current judge; the file is rewritten if a verdict changed.
+
+    Episodes are kept as they were rolled out; a judge that changed since is applied to them all.
+    """
+    lines, changed = [], False
+    for line in preds.read_text(encoding="utf-8").splitlines():
+        try:
+            lines.append(json.loads(line))
+        except json.JSONDecodeError:
+            changed = True  # a line cut by a crash: its task was rolled out again, the fragment goes
+    for r in lines:
+        if r["id"] in by_id:
+            verdict = judge.judge(by_id[r["id"]], r)
+            changed |= verdict != r["verdict"]
+            r["verdict"] = verdict
+    if changed:
+        atomic_write_text(preds, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in lines))
+    return [r for r in lines if r["id"] in by_id]
+
+
 def evaluate(model: str, tasks_file: str | Path, out_dir: str | Path, *, adapter: str | None = None,
              mode: str = "episode", env: str = "auto", url: str | None = None, max_steps: int = 10,
              limit: int = -1, judge_name: str = "offline", batch_size: int = 8, temperature: float = 0.0,
@@ -142,8 +169,7 @@ def evaluate(model: str, tasks_file: str | Path, out_dir: str | Path, *, adapter
         record["declared_tools"] = [t["name"] for t in ep.task["tools"]]
         record["verdict"] = judge.judge(ep.task, record)
         append_line(preds, record)
-    records = [r for r in (json.loads(line) for line in preds.read_text(encoding="utf-8").splitlines() if line.strip())
-               if r["id"] in by_id]
+    records = rejudge(preds, by_id)
     if judge_name == "tooleval":
         from slmlib import tooleval
         tooleval.rejudge(records, by_id, model=judge_model)

@@ -14,6 +14,7 @@ import json
 from collections import Counter
 from typing import Any
 
+from slmlib import toolbench_format as tbf
 from slmlib.errors import ErrorLabel
 from slmlib.schema import FINISH
 from slmlib.values import same_type, same_value, schema_errors
@@ -33,6 +34,17 @@ def calls_of(record: dict) -> list[tuple[str, dict]]:
 def call_key(name: str, arguments: dict) -> str:
     """What makes two calls the same call (argument order does not matter)."""
     return json.dumps([name, arguments], sort_keys=True)
+
+
+def toolbench_answer(record: dict) -> dict | None:
+    """The Finish arguments ToolBench's environment takes from an episode that ended on an unparsable Finish."""
+    failure = record.get("failure")
+    if record.get("finish") is not None or not failure or failure[0] != ErrorLabel.INVALID_JSON_INPUT.value:
+        return None
+    parsed = tbf.parse_step(record["steps"][-1]["raw"])
+    if isinstance(parsed, tbf.ParseFailure) and parsed.action == FINISH:
+        return tbf.toolbench_finish(parsed.action_input)
+    return None
 
 
 def match_gold(gold: dict, made: dict) -> tuple[ErrorLabel, str] | None:
@@ -100,17 +112,18 @@ def judge(task: dict, record: dict) -> dict:
             else:
                 verdict["matched_calls"] += 1
 
-    if record.get("failure") and record["failure"][0] != ErrorLabel.NO_FINISH.value:
-        return fail(ErrorLabel(record["failure"][0]), record["failure"][1])
+    lenient = toolbench_answer(record)  # the step stays a format failure; the calls decide the verdict
+    failure, finish = (None, lenient) if lenient else (record.get("failure"), record.get("finish"))
+    if failure and failure[0] != ErrorLabel.NO_FINISH.value:
+        return fail(ErrorLabel(failure[0]), failure[1])
     unknown = [n for n in made_names if n not in declared]
     if unknown:
         return fail(ErrorLabel.UNKNOWN_TOOL, f"called undeclared {unknown}")
     repeats = Counter(call_key(n, a) for n, a in calls)
     if repeats and max(repeats.values()) > REPEAT_LIMIT:
         return fail(ErrorLabel.REPEATED_CALL, f"the same call {max(repeats.values())} times")
-    finish = record.get("finish")
     if finish is None:
-        return fail(ErrorLabel.NO_FINISH, record["failure"][1] if record.get("failure") else "no Finish within the step budget")
+        return fail(ErrorLabel.NO_FINISH, failure[1] if failure else "no Finish within the step budget")
     if finish.get("return_type") == "give_up_and_restart":
         return fail(ErrorLabel.GIVE_UP, "Finish with give_up_and_restart")
     answer = finish.get("final_answer")

@@ -222,13 +222,9 @@ def _advance(ep: Episode, raw: str, env) -> None:
     if guarded:
         record["guard"] = "repeated_key"
     if isinstance(parsed, tbf.ParseFailure):
-        record["error"] = parsed.label.value  # counted as a format failure either way
+        record["error"] = parsed.label.value
         ep.steps.append(record)
-        finish = tbf.toolbench_finish(parsed.action_input) if parsed.action == FINISH else None
-        if finish is not None:  # ToolBench's environment still takes this answer: the calls decide the verdict
-            ep.finish, ep.done = finish, True
-        else:
-            ep.failure, ep.done = (parsed.label.value, parsed.detail), True
+        ep.failure, ep.done = (parsed.label.value, parsed.detail), True
         return
     record["step"] = {"thought": parsed.thought, "action": parsed.action, "action_input": parsed.action_input}
     ep.messages.append(tbf.step_message(parsed))

@@ -164,11 +164,11 @@ def test_guarded_step_is_acted_on_and_counted(monkeypatch, tiny):
     ('{"return_type": "give_answer", "final_answer": "20 C\\n\\n\\n', "20 C\\n\\n\\n"),  # cut off: the rest is the answer
     ('{"final_answer": "20 C", "return_type": "give_answer"', '20 C", "return_type": "give_answer"'),
 ])
-def test_a_finish_toolbench_accepts_ends_the_episode_as_a_format_failure(monkeypatch, tiny, finish_input, answer):
+def test_a_finish_toolbench_accepts_is_judged_on_the_calls(monkeypatch, tiny, finish_input, answer):
     call = 'Thought: look\nAction: get_weather\nAction Input: {"city": "Paris"}'
     t, rec = paris_episode(monkeypatch, tiny, call, 1, finish=f"Thought: done\nAction: Finish\nAction Input: {finish_input}")
-    assert rec["finish"]["final_answer"] == answer and rec["failure"] is None
-    assert rec["steps"][-1]["error"] == ErrorLabel.INVALID_JSON_INPUT
+    assert rec["failure"][0] == rec["steps"][-1]["error"] == ErrorLabel.INVALID_JSON_INPUT and rec["finish"] is None
+    assert judge.toolbench_answer(rec) == {"return_type": "give_answer", "final_answer": answer}
     rec["declared_tools"], rec["verdict"] = [x["name"] for x in t["tools"]], judge.judge(t, rec)
     assert rec["verdict"]["passed"] and judge.metrics([rec])["format_valid_rate"] == 0.5
 
@@ -177,7 +177,7 @@ def test_a_finish_toolbench_accepts_ends_the_episode_as_a_format_failure(monkeyp
 def test_a_finish_toolbench_rejects_fails_the_episode(monkeypatch, tiny, finish_input):
     call = 'Thought: look\nAction: get_weather\nAction Input: {"city": "Paris"}'
     t, rec = paris_episode(monkeypatch, tiny, call, 1, finish=f"Thought: done\nAction: Finish\nAction Input: {finish_input}")
-    assert rec["finish"] is None and rec["failure"][0] == ErrorLabel.INVALID_JSON_INPUT
+    assert judge.toolbench_answer(rec) is None
     rec["declared_tools"] = [x["name"] for x in t["tools"]]
     assert judge.judge(t, rec)["label"] == ErrorLabel.INVALID_JSON_INPUT
 
@@ -213,6 +213,13 @@ def test_evaluate_real_tiny_model_resumes_and_classifies(tmp_path, data_root):
     m2 = evaluate("tiny-opt", tmp_path / "tasks.jsonl", out, max_steps=2, max_new_tokens=24, batch_size=2)
     lines = (out / "predictions.jsonl").read_text().splitlines()
     assert lines[:2] == first and len(lines) == 4 and m2["n_tasks"] == 4
+    # a stale verdict is judged again; a line cut by a crash is rolled out again and its fragment dropped
+    stale = {**json.loads(lines[0]), "verdict": {"passed": True, "label": None}}
+    (out / "predictions.jsonl").write_text("\n".join([json.dumps(stale), *lines[1:3], lines[3][:40]]))
+    m3 = evaluate("tiny-opt", tmp_path / "tasks.jsonl", out, max_steps=2, max_new_tokens=24, batch_size=2)
+    again = (out / "predictions.jsonl").read_text().splitlines()
+    assert again[:3] == lines[:3] and json.loads(again[3])["id"] == json.loads(lines[3])["id"] and len(again) == 4
+    assert m3["pass_rate"] == m2["pass_rate"] and m3["error_labels"] == m2["error_labels"]
     for line in lines:  # a random model's output is a classified failure, never an exception
         assert json.loads(line)["verdict"]["label"] in {e.value for e in ErrorLabel}
     metrics = json.loads((out / "metrics.json").read_text())
