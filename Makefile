@@ -1,4 +1,4 @@
-# Two commands: `make run [PROFILE=smoke|default|gpu|paper] [RESUME=<run-id>]` and `make test`.
+# Two commands: `make run [PROFILE=smoke|default|gpu|paper] [RESUME=<run-id> [FROM=<notebook>]]` and `make test`.
 PROFILE ?= default
 PYTHON ?= python3.11
 VENV := .venv
@@ -21,7 +21,7 @@ assets: $(STAMP)
 	$(PY) -m slmlib assets fetch
 
 run: assets
-	$(PY) -m slmlib run --params params/$(PROFILE).yaml $(if $(RESUME),--resume $(RESUME))
+	$(PY) -m slmlib run --params params/$(PROFILE).yaml $(if $(RESUME),--resume $(RESUME)) $(if $(FROM),--from $(FROM))
 
 test: assets
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q

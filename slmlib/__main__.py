@@ -94,8 +94,10 @@ def _bench_eval(args) -> int:
 
 def _run(args) -> int:
     from slmlib import pipeline
+    if args.rerun_from and not args.resume:
+        sys.exit("--from re-executes part of a run: name it with --resume RUN_ID")
     run_dir = pipeline.run_profile(args.params, run_id=args.resume or args.run_id, overwrite=args.overwrite,
-                                   output_root=args.output_root, resume=bool(args.resume))
+                                   output_root=args.output_root, resume=bool(args.resume), rerun_from=args.rerun_from)
     print(run_dir)
     return 0
 
@@ -115,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     named = run.add_mutually_exclusive_group()
     named.add_argument("--run-id", help="default: <profile>-<timestamp>")
     named.add_argument("--resume", metavar="RUN_ID", help="continue this interrupted run from its first unfinished notebook")
+    run.add_argument("--from", dest="rerun_from", metavar="NOTEBOOK",
+                     help="with --resume: re-execute from this notebook on (e.g. 03_evaluation: judge the stored episodes again)")
     run.add_argument("--output-root", default="outputs")
     run.add_argument("--overwrite", action="store_true", help="replace a finished run of the same id")
     run.set_defaults(func=_run)

@@ -4,7 +4,10 @@ Each notebook gets two parameters, ``PROFILE`` (the YAML file) and ``RUN_DIR``, 
 results to the next only through files in ``outputs/<run-id>/``. A failing notebook stops the
 chain; its executed copy stays in the run folder and the error names it and the failing cell.
 ``resume`` continues an interrupted run from its first notebook that did not finish; inside it,
-training restarts from its last checkpoint and evaluation skips the tasks already judged.
+training restarts from its last checkpoint and evaluation skips the tasks already rolled out.
+``rerun_from`` re-executes a run, finished or not, from a named notebook on: after a change to
+the judge or the analysis, ``03_evaluation`` judges the stored episodes again without rolling
+them out, and the later notebooks redraw from them.
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ import nbformat
 
 from slmlib import config, data
 from slmlib.config import REPO
-from slmlib.run import RunDir, new_run_id
+from slmlib.run import CannotResume, RunDir, new_run_id
 
 NOTEBOOKS = REPO / "notebooks"
 log = logging.getLogger(__name__)
@@ -36,6 +39,11 @@ def notebooks(profile: config.Profile) -> list[Path]:
     return [by_stem[s] for s in profile.notebooks]
 
 
+def notebook_seconds(path: Path) -> float | None:
+    """Wall time papermill recorded for an executed notebook."""
+    return nbformat.read(path, as_version=4).metadata.get("papermill", {}).get("duration")
+
+
 def executed(path: Path) -> bool:
     """Whether papermill ran this notebook to its end without an error (a killed run leaves no end time)."""
     if not path.is_file():
@@ -45,10 +53,13 @@ def executed(path: Path) -> bool:
 
 
 def run_profile(params: str | Path, run_id: str | None = None, overwrite: bool = False,
-                output_root: str | Path = REPO / "outputs", resume: bool = False) -> Path:
-    """Execute a profile's notebooks into ``<output_root>/<run_id>``; ``resume`` continues that unfinished run."""
+                output_root: str | Path = REPO / "outputs", resume: bool = False,
+                rerun_from: str | None = None) -> Path:
+    """Execute a profile's notebooks into ``<output_root>/<run_id>``; ``resume`` continues that unfinished run,
+    ``rerun_from`` re-executes that run from the named notebook on."""
     import papermill as pm
 
+    resume = resume or rerun_from is not None
     if resume and (run_id is None or overwrite):
         raise ValueError("resume continues one named run: give its run id, and no overwrite")
     params = Path(params).resolve()
@@ -56,15 +67,25 @@ def run_profile(params: str | Path, run_id: str | None = None, overwrite: bool =
     missing = data.check_sources(profile.data.required, profile.data.optional, profile.data.root)
     run = RunDir(output_root, run_id or new_run_id(profile.name))
     chain = notebooks(profile)
-    if resume:
+    stems = [p.stem for p in chain]
+    if rerun_from is not None:
+        if rerun_from not in stems:
+            raise ValueError(f"no notebook {rerun_from!r} in this profile's chain {stems}")
+        start = stems.index(rerun_from)
+        unfinished = [s for s in stems[:start] if not executed(run.path / f"{s}.ipynb")]
+        if unfinished:
+            raise CannotResume(f"{run.path}: {unfinished[0]} has not run to its end; resume the run instead")
+        replaced = {s: notebook_seconds(run.path / f"{s}.ipynb") for s in stems[start:] if executed(run.path / f"{s}.ipynb")}
+        run.resume(profile.to_dict(), rerun=True, rerun_from=rerun_from, replaced_seconds=replaced)
+    elif resume:
         run.resume(profile.to_dict())
     else:
         run.start(profile.to_dict(), profile.seed, overwrite=overwrite,
                   extra={"profile_file": str(params), "notebooks": [p.stem for p in chain],
                          "missing_optional_sources": missing})
-    for nb in chain:
+    for i, nb in enumerate(chain):
         out = run.path / nb.name
-        if resume and executed(out):
+        if resume and (i < start if rerun_from is not None else executed(out)):
             log.info("%s already ran to its end; kept", out)
             continue
         resume = False  # every notebook after the first rerun reads its fresh outputs, so it reruns too

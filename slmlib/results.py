@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from slmlib import analysis
+from slmlib.pipeline import notebook_seconds
 from slmlib.run import atomic_write_json, atomic_write_text, read_json
 
 HTML_NOTEBOOKS = ("04_error_analysis", "05_results")
@@ -29,12 +30,6 @@ PRIMARY_SET = "complexfuncbench"
 
 class ResultsExist(FileExistsError):
     pass
-
-
-def notebook_seconds(path: Path) -> float | None:
-    """Wall time papermill recorded for an executed notebook."""
-    import nbformat
-    return nbformat.read(path, as_version=4).metadata.get("papermill", {}).get("duration")
 
 
 def collect(run_path: str | Path) -> dict[str, Any]:
@@ -96,6 +91,11 @@ def _pct(x: float | None) -> str:
     return "—" if x is None else f"{100 * x:.1f}%"
 
 
+def _profile(summary: dict) -> str:
+    """The profile's name, as ``make run PROFILE=`` takes it."""
+    return Path(summary["profile_file"] or "params/default.yaml").stem
+
+
 def markdown(summary: dict, command: str) -> str:
     """The results folder's README: what ran, where, how long, and what it shows."""
     dev = summary["device"]
@@ -110,10 +110,17 @@ def markdown(summary: dict, command: str) -> str:
              + ", ".join(f"{k} {v}" for k, v in summary["packages"].items() if v) + ".", "",
              f"Wall time: {summary['wall_seconds'] / 60:.1f} min in all; per notebook: "
              + ", ".join(f"{k} {v / 60:.1f} min" for k, v in summary["notebook_seconds"].items() if v is not None) + ".", ""]
-    if summary["resumes"]:
-        lines += [f"Interrupted and resumed {len(summary['resumes'])} time(s) with `make run RESUME={summary['run_id']}` "
-                  "(at " + ", ".join(f"{r['at']} on `{(r['git_sha'] or 'unknown')[:12]}`{DIRTY.get(r['git_dirty'], '')}"
-                                   for r in summary["resumes"]) + "); the wall time counts from the first start.", ""]
+    for r in summary["resumes"]:
+        when = f"{r['at']} at commit `{(r['git_sha'] or 'unknown')[:12]}`{DIRTY.get(r['git_dirty'], '')}"
+        if r.get("rerun_from"):
+            lines += [f"Re-executed from `{r['rerun_from']}` on {when} "
+                      f"(`make run PROFILE={_profile(summary)} RESUME={summary['run_id']} FROM={r['rerun_from']}`); "
+                      "the executions it replaced took "
+                      + ", ".join(f"{k} {v / 60:.1f} min" for k, v in r["replaced_seconds"].items() if v is not None)
+                      + ". The wall time counts from the first start to the last finish.", ""]
+        else:
+            lines += [f"Interrupted, and resumed on {when} with `make run PROFILE={_profile(summary)} "
+                      f"RESUME={summary['run_id']}`; the wall time counts from the first start.", ""]
     train = summary.get("train")
     if train:
         lines += [f"Training: {train['n_rows']} trajectories, {train['supervised_tokens']:,} supervised tokens, "
@@ -162,8 +169,7 @@ def export(run_path: str | Path, out_dir: str | Path = "results", *, command: st
         raise ResultsExist(f"{out} already holds results (run {read_json(out / 'metrics.json').get('run_id')}); "
                            "pass overwrite to replace them")
     if command is None:
-        profile = Path(summary["profile_file"] or "params/default.yaml")
-        command = f"make run PROFILE={profile.stem}\n.venv/bin/python -m slmlib results {run} --out {out}"
+        command = f"make run PROFILE={_profile(summary)}\n.venv/bin/python -m slmlib results {run} --out {out}"
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "metrics.json", summary)
     table = analysis.metrics_table(run)

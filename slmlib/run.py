@@ -118,13 +118,17 @@ class RunDir:
         atomic_write_json(self.manifest_path, manifest)
         return manifest
 
-    def resume(self, params: dict[str, Any]) -> dict[str, Any]:
-        """Continue an unfinished run with the same parameters; each resume is logged in the manifest."""
+    def resume(self, params: dict[str, Any], *, rerun: bool = False, **note: Any) -> dict[str, Any]:
+        """Continue an unfinished run (or, with ``rerun``, reopen a finished one) with the same parameters.
+
+        Each resume is logged in the manifest with ``note``.
+        """
         if not self.manifest_path.is_file():
             raise CannotResume(f"{self.path}: no run to resume (no run_manifest.json)")
         manifest = read_json(self.manifest_path)
-        if manifest.get("finished_at") is not None:
-            raise CannotResume(f"{self.path} finished at {manifest['finished_at']}; nothing to resume")
+        if manifest.get("finished_at") is not None and not rerun:
+            raise CannotResume(f"{self.path} finished at {manifest['finished_at']}; nothing to resume "
+                               "(name a notebook to re-execute from to rerun part of it)")
         as_stored = json.loads(json.dumps(params, default=str))  # the manifest holds JSON: tuples came back as lists
         changed = sorted(_diff(manifest.get("params", {}), as_stored))
         if changed:
@@ -132,8 +136,8 @@ class RunDir:
                                "resume it with the profile it started with")
         resumes = manifest.get("resumes", []) + [{"at": _dt.datetime.now().isoformat(timespec="seconds"),
                                                   "git_sha": git_sha(Path(__file__).parent),
-                                                  "git_dirty": git_dirty(Path(__file__).parent)}]
-        self.update_manifest(resumes=resumes)
+                                                  "git_dirty": git_dirty(Path(__file__).parent), **note}]
+        self.update_manifest(resumes=resumes, finished_at=None)
         return {**manifest, "resumes": resumes}
 
     def update_manifest(self, **fields: Any) -> None:

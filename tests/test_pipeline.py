@@ -141,10 +141,21 @@ def test_an_interrupted_run_resumes_where_it_stopped(smoke_run, tmp_path):
     assert manifest["finished_at"] and len(manifest["resumes"]) == 1
     from slmlib import results
     readme = (results.export(run, tmp_path / "results") / "README.md").read_text()
-    assert f"resumed 1 time(s) with `make run RESUME={run.name}` (at {manifest['resumes'][0]['at']}" in readme
-    assert all(pipeline.executed(run / f"{stem}.ipynb") for stem in manifest["notebooks"])
+    assert f"resumed on {manifest['resumes'][0]['at']} at commit" in readme and f"RESUME={run.name}`" in readme
     with pytest.raises(CannotResume, match="nothing to resume"):
         pipeline.run_profile(REPO / "params" / "smoke.yaml", run_id=run.name, output_root=tmp_path, resume=True)
+    # after a judge change: re-executed from the evaluation, which judges the stored episodes again, rolls none out
+    episodes = preds.read_text()
+    first_eval = pipeline.notebook_seconds(run / "03_evaluation.ipynb")
+    pipeline.run_profile(REPO / "params" / "smoke.yaml", run_id=run.name, output_root=tmp_path, rerun_from="03_evaluation")
+    assert all(p.read_bytes() == b for p, b in kept.items()) and preds.read_text() == episodes
+    manifest = read_json(run / "run_manifest.json")
+    assert manifest["finished_at"] and manifest["resumes"][1]["rerun_from"] == "03_evaluation"
+    replaced = manifest["resumes"][1]["replaced_seconds"]
+    assert set(replaced) == {"03_evaluation", "04_error_analysis", "05_results"} and replaced["03_evaluation"] == first_eval
+    readme = (results.export(run, tmp_path / "results", overwrite=True) / "README.md").read_text()
+    assert f"FROM=03_evaluation`); the executions it replaced took 03_evaluation {first_eval / 60:.1f} min" in readme
+    assert all(pipeline.executed(run / f"{stem}.ipynb") for stem in manifest["notebooks"])
 
 
 def test_source_notebooks_are_committed_without_outputs():
