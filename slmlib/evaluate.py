@@ -83,22 +83,21 @@ def step_mode(model, tok, tasks: list[dict], out: Path, dec: rollout.Decoding, b
     items = []
     for task in tasks:
         msgs = gold_trajectory(task)
-        for i, m in enumerate(msgs):
-            if m["role"] == "assistant":
-                items.append((task, msgs[:i], tbf.message_step(m)))
+        turns = [i for i, m in enumerate(msgs) if m["role"] == "assistant"]
+        items += [(task, msgs[:i], tbf.message_step(msgs[i]), k + 1) for k, i in enumerate(turns)]
     results = []
     t0 = time.perf_counter()
     for b in range(0, len(items), batch_size):
         chunk = items[b:b + batch_size]
-        prompts = [encode.encode(tbf.prompt_segments({**t, "messages": h}), tok, add_eos=False).input_ids for t, h, _ in chunk]
+        prompts = [encode.encode(tbf.prompt_segments({**t, "messages": h}), tok, add_eos=False).input_ids for t, h, _, _ in chunk]
         fits = [len(p) + dec.max_new_tokens <= dec.max_context for p in prompts]
         generated = iter(rollout.generate_steps(model, tok, [p for p, ok in zip(prompts, fits) if ok], dec)[0] if any(fits) else [])
         texts = [next(generated) if ok else "" for ok in fits]  # a prompt beyond the window counts as a failed step
-        for (task, _, gold), text in zip(chunk, texts):
+        for (task, _, gold, position), text in zip(chunk, texts):
             parsed, guarded = rollout.parse_generated(text)
             ok = isinstance(parsed, tbf.Step)
             name_ok = ok and parsed.action == gold.action
-            results.append({"id": task["id"], "group": task["group"], "raw": text, "gold_action": gold.action,
+            results.append({"id": task["id"], "group": task["group"], "position": position, "raw": text, "gold_action": gold.action,
                             "format_valid": ok, "guarded": guarded, "name_match": name_ok,
                             "call_match": name_ok and same_value(gold.arguments(), parsed.arguments())})
     out.mkdir(parents=True, exist_ok=True)
@@ -106,15 +105,31 @@ def step_mode(model, tok, tasks: list[dict], out: Path, dec: rollout.Decoding, b
         for r in results:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
     n = len(results)
-    metrics = {"mode": "step", "n_steps": n, "n_tasks": len(tasks),
-               "step_format_valid_rate": _rate([r["format_valid"] for r in results]),
-               "step_guarded_rate": _rate([r["guarded"] for r in results]),
-               "step_name_accuracy": _rate([r["name_match"] for r in results]),
-               "step_call_match_rate": _rate([r["call_match"] for r in results]),
-               "finish_step_accuracy": _rate([r["name_match"] for r in results if r["gold_action"] == FINISH]),
+    metrics = {"mode": "step", "n_tasks": len(tasks), **step_metrics(results),
                "seconds_per_step": (time.perf_counter() - t0) / n if n else 0.0}
     atomic_write_json(out / "metrics.json", metrics)
     return metrics
+
+
+def step_metrics(results: list[dict]) -> dict[str, Any]:
+    """Next-step rates overall and by the step's position in its task (1, 2, 3, 4 and later).
+
+    With the gold history given, a rate that falls with the position shows where a model stops
+    using what the earlier observations returned.
+    """
+    by_position: dict[str, list[dict]] = {}
+    for r in results:
+        by_position.setdefault(str(r["position"]) if r["position"] < 4 else "4+", []).append(r)
+    finish = [r["name_match"] for r in results if r["gold_action"] == FINISH]
+    return {"n_steps": len(results),
+            "step_format_valid_rate": _rate([r["format_valid"] for r in results]),
+            "step_guarded_rate": _rate([r["guarded"] for r in results]),
+            "step_name_accuracy": _rate([r["name_match"] for r in results]),
+            "step_call_match_rate": _rate([r["call_match"] for r in results]),
+            "finish_step_accuracy": _rate(finish) if finish else None,  # None: the gold has no Finish step
+            "by_position": {p: {"n_steps": len(rs), "step_name_accuracy": _rate([r["name_match"] for r in rs]),
+                                "step_call_match_rate": _rate([r["call_match"] for r in rs])}
+                            for p, rs in sorted(by_position.items())}}
 
 
 def _rate(xs: list[bool]) -> float:

@@ -81,7 +81,7 @@ def run_profile(params: str | Path, run_id: str | None = None, overwrite: bool =
         run.resume(profile.to_dict())
     else:
         run.start(profile.to_dict(), profile.seed, overwrite=overwrite,
-                  extra={"profile_file": str(params), "notebooks": [p.stem for p in chain],
+                  extra={"profile_file": str(params), "notebooks": stems,
                          "missing_optional_sources": missing})
     for i, nb in enumerate(chain):
         out = run.path / nb.name

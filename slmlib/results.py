@@ -108,7 +108,7 @@ def markdown(summary: dict, command: str) -> str:
              "```", command, "```", "",
              f"Machine: {machine} ({dev['platform']}, Python {dev['python']}); "
              + ", ".join(f"{k} {v}" for k, v in summary["packages"].items() if v) + ".", "",
-             f"Wall time: {summary['wall_seconds'] / 60:.1f} min in all; per notebook: "
+             f"Wall time: {summary['wall_seconds'] / 60:.1f} min from start to finish; per notebook (its last execution): "
              + ", ".join(f"{k} {v / 60:.1f} min" for k, v in summary["notebook_seconds"].items() if v is not None) + ".", ""]
     for r in summary["resumes"]:
         when = f"{r['at']} at commit `{(r['git_sha'] or 'unknown')[:12]}`{DIRTY.get(r['git_dirty'], '')}"

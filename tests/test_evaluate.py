@@ -8,7 +8,7 @@ import pytest
 
 from slmlib import envs, judge, rollout, schema, tooleval
 from slmlib.errors import ErrorLabel
-from slmlib.evaluate import evaluate
+from slmlib.evaluate import evaluate, step_metrics
 
 WEATHER = {"name": "get_weather", "description": "Weather now.", "parameters": {
     "type": "object", "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["C", "F"]}},
@@ -314,3 +314,17 @@ def test_step_mode_scores_next_steps_against_the_gold_trajectory(tmp_path):
     assert m["step_format_valid_rate"] == 0.0 and m["step_call_match_rate"] == 0.0  # an untrained model
     lines = (tmp_path / "step" / "step_predictions.jsonl").read_text().splitlines()
     assert len(lines) == m["n_steps"] and json.loads(lines[0])["gold_action"] == tasks[0]["gold_calls"][0]["name"]
+    assert [json.loads(x)["position"] for x in lines[:len(tasks[0]["gold_calls"])]] == list(range(1, len(tasks[0]["gold_calls"]) + 1))
+    assert sum(p["n_steps"] for p in m["by_position"].values()) == m["n_steps"] and m["by_position"]["1"]["n_steps"] == 2
+    assert m["finish_step_accuracy"] is None  # replayed gold calls end without a Finish step
+
+
+def test_step_metrics_by_position():
+    rows = [(1, True, True), (1, True, False), (2, True, False), (5, False, False), (4, True, True)]
+    results = [{"position": p, "format_valid": True, "guarded": False, "name_match": n, "call_match": c,
+                "gold_action": "f"} for p, n, c in rows]
+    m = step_metrics(results)
+    assert m["by_position"] == {"1": {"n_steps": 2, "step_name_accuracy": 1.0, "step_call_match_rate": 0.5},
+                                "2": {"n_steps": 1, "step_name_accuracy": 1.0, "step_call_match_rate": 0.0},
+                                "4+": {"n_steps": 2, "step_name_accuracy": 0.5, "step_call_match_rate": 0.5}}
+    assert m["step_call_match_rate"] == 0.4 and m["finish_step_accuracy"] is None
