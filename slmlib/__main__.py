@@ -109,6 +109,7 @@ def _results(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from slmlib.bench import EVAL_CONFIGS, VARIANTS  # light: its heavy imports are inside its functions
     p = argparse.ArgumentParser(prog="python -m slmlib", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -170,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--lr", type=float, default=1e-4)
     bt.add_argument("--seed", type=int, default=0)
     bt.add_argument("--lora-targets", nargs="+", default=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
-    bt.add_argument("--variants", nargs="+", default=list(__import__("slmlib.bench").bench.VARIANTS))
+    bt.add_argument("--variants", nargs="+", default=list(VARIANTS))
     bt.add_argument("--data-root", default=None)
     bt.add_argument("--work", default="/tmp/slmlib-bench-train", help="scratch folder")
     bt.set_defaults(func=_bench_train)
@@ -180,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--batch-size", type=int, default=8)
     be.add_argument("--max-steps", type=int, default=10, help="as evaluate: the paper's budget")
     be.add_argument("--max-new-tokens", type=int, default=256, help="as evaluate")
-    be.add_argument("--configs", nargs="+", default=list(__import__("slmlib.bench").bench.EVAL_CONFIGS),
+    be.add_argument("--configs", nargs="+", default=list(EVAL_CONFIGS),
                     help="the first is the baseline the others are compared with")
     be.add_argument("--work", default="/tmp/slmlib-bench-eval")
     be.set_defaults(func=_bench_eval)

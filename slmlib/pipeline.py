@@ -12,6 +12,7 @@ them out, and the later notebooks redraw from them.
 from __future__ import annotations
 
 import logging
+from itertools import takewhile
 from pathlib import Path
 
 import nbformat
@@ -68,27 +69,28 @@ def run_profile(params: str | Path, run_id: str | None = None, overwrite: bool =
     run = RunDir(output_root, run_id or new_run_id(profile.name))
     chain = notebooks(profile)
     stems = [p.stem for p in chain]
+    # the notebooks at the head of the chain that ran to their end; the first one that did not is where a resume starts
+    done = len(list(takewhile(lambda s: executed(run.path / f"{s}.ipynb"), stems))) if resume else 0
     if rerun_from is not None:
         if rerun_from not in stems:
             raise ValueError(f"no notebook {rerun_from!r} in this profile's chain {stems}")
         start = stems.index(rerun_from)
-        unfinished = [s for s in stems[:start] if not executed(run.path / f"{s}.ipynb")]
-        if unfinished:
-            raise CannotResume(f"{run.path}: {unfinished[0]} has not run to its end; resume the run instead")
+        if done < start:
+            raise CannotResume(f"{run.path}: {stems[done]} has not run to its end; resume the run instead")
         replaced = {s: notebook_seconds(run.path / f"{s}.ipynb") for s in stems[start:] if executed(run.path / f"{s}.ipynb")}
         run.resume(profile.to_dict(), rerun=True, rerun_from=rerun_from, replaced_seconds=replaced)
     elif resume:
+        start = done
         run.resume(profile.to_dict())
     else:
+        start = 0
         run.start(profile.to_dict(), profile.seed, overwrite=overwrite,
                   extra={"profile_file": str(params), "notebooks": stems,
                          "missing_optional_sources": missing})
-    for i, nb in enumerate(chain):
+    if start:
+        log.info("kept %s: already ran to their end", ", ".join(stems[:start]))
+    for nb in chain[start:]:  # every notebook after the first rerun reads its fresh outputs, so it reruns too
         out = run.path / nb.name
-        if resume and (i < start if rerun_from is not None else executed(out)):
-            log.info("%s already ran to its end; kept", out)
-            continue
-        resume = False  # every notebook after the first rerun reads its fresh outputs, so it reruns too
         try:
             pm.execute_notebook(str(nb), str(out), parameters={"PROFILE": str(params), "RUN_DIR": str(run.path.resolve())},
                                 cwd=str(NOTEBOOKS), progress_bar=False, kernel_name="python3")

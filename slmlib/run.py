@@ -118,7 +118,7 @@ class RunDir:
         atomic_write_json(self.manifest_path, manifest)
         return manifest
 
-    def resume(self, params: dict[str, Any], *, rerun: bool = False, **note: Any) -> dict[str, Any]:
+    def resume(self, params: dict[str, Any], *, rerun: bool = False, **note: Any) -> None:
         """Continue an unfinished run (or, with ``rerun``, reopen a finished one) with the same parameters.
 
         Each resume is logged in the manifest with ``note``.
@@ -138,7 +138,6 @@ class RunDir:
                                                   "git_sha": git_sha(Path(__file__).parent),
                                                   "git_dirty": git_dirty(Path(__file__).parent), **note}]
         self.update_manifest(resumes=resumes, finished_at=None)
-        return {**manifest, "resumes": resumes}
 
     def update_manifest(self, **fields: Any) -> None:
         manifest = read_json(self.manifest_path)
