@@ -126,7 +126,7 @@ def markdown(summary: dict, command: str) -> str:
         lines += [f"Training: {train['n_rows']} trajectories, {train['supervised_tokens']:,} supervised tokens, "
                   f"{train['steps']} optimizer steps in {train['train_seconds'] / 60:.1f} min on {train['device']} "
                   f"({train['supervised_tokens_per_s']:.0f} supervised tokens/s), final loss {train['final_loss']:.3f}, "
-                  f"peak RSS {train['peak_rss_gb']:.1f} GB.", ""]
+                  f"peak RSS {_num(train.get('peak_rss_gb'), '{:.1f}')} GB.", ""]
     lines += ["## Pass rate and call quality (overall per task set)", "",
               "| model | task set | n | pass rate [95% CI] | format-valid steps | guarded steps | unknown-tool calls | "
               "call match | s/task | peak RSS GB |", "|---|---|---|---|---|---|---|---|---|---|"]

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback, set_seed
 
-from slmlib import encode, models
+from slmlib import encode, memory, models
 from slmlib import toolbench_format as tbf
 from slmlib.config import Profile, TrainConfig
 from slmlib.run import RunExists, atomic_write_json, atomic_write_text, read_json
@@ -201,7 +201,9 @@ def train(profile: Profile, train_file: str | Path, out_dir: str | Path, overwri
                "supervised_tokens_per_s": (trainer.state.global_step - throughput.step0) * args.per_device_train_batch_size
                * args.gradient_accumulation_steps * args.world_size * throughput.learned_per_row / seconds if seconds else None,
                "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
-               "model_dir": str(model_dir)}
+               "model_dir": str(model_dir),
+               # the process that trained: a notebook kernel of its own, or the CLI (a reuse keeps this record)
+               **memory.peak(since_reset=False)}
     atomic_write_text(model_dir / "README.md", model_card(profile, summary))
     atomic_write_json(summary_path, summary)
     return summary

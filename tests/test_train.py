@@ -50,6 +50,7 @@ def test_smoke_profile_trains_from_the_cli(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads((tmp_path / "train_summary.json").read_text())
     assert summary["steps"] == 4 and summary["supervised_tokens"] > 0 and summary["final_loss"] > 0
+    assert 0.1 < summary["peak_rss_gb"] < 16  # the training process's own peak, kept with the model it made
     model_dir = tmp_path / "model"
     rendering = json.loads((model_dir / "rendering.json").read_text())
     assert rendering["format"] == "toolbench-react" and rendering["loss_on"] == "all"
