@@ -77,7 +77,8 @@ def _evaluate(args) -> int:
     metrics = evaluate(args.model, args.tasks, args.out, adapter=args.adapter, mode=args.mode, env=args.env,
                        url=args.url, max_steps=args.max_steps, limit=args.limit, judge_name=args.judge,
                        batch_size=args.batch_size, temperature=args.temperature, max_new_tokens=args.max_new_tokens,
-                       seed=args.seed, dtype=args.dtype, judge_model=args.judge_model, key_guard=not args.no_key_guard)
+                       seed=args.seed, dtype=args.dtype, judge_model=args.judge_model, key_guard=not args.no_key_guard,
+                       constrain_names=args.constrain_names)
     print(json.dumps({k: v for k, v in metrics.items() if k != "groups"}, indent=2))
     return 0
 
@@ -157,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     ev.add_argument("--no-key-guard", action="store_true",
                     help="let an Action Input repeat its keys to the token limit (the guard is on by default)")
+    ev.add_argument("--constrain-names", action="store_true",
+                    help="decode the action name only as one of the task's tools or Finish")
     ev.set_defaults(func=_evaluate)
 
     bench = sub.add_parser("bench", help="speed benchmarks that print ratios against a baseline")

@@ -141,8 +141,9 @@ def main(args) -> int:
     return 0
 
 
-# name -> (batched rows, stop at each step's end, reuse each episode's KV cache)
-EVAL_CONFIGS = {"one_at_a_time": (1, False, False), "batched": (None, True, False), "prefix_reuse": (1, True, True)}
+# name -> (batched rows, stop at each step's end, reuse each episode's KV cache, constrain action names)
+EVAL_CONFIGS = {"one_at_a_time": (1, False, False, False), "batched": (None, True, False, False),
+                "prefix_reuse": (1, True, True, False), "constrained_names": (1, True, True, True)}
 
 
 def eval_one(spec: dict) -> dict:
@@ -151,9 +152,9 @@ def eval_one(spec: dict) -> dict:
     from slmlib.schema import read_jsonl
     model, tok = models.load(spec["model"])
     tasks = read_jsonl(spec["tasks_file"])
-    rows, early_stop, reuse = EVAL_CONFIGS[spec["config"]]
+    rows, early_stop, reuse, constrain = EVAL_CONFIGS[spec["config"]]
     dec = rollout.Decoding(max_steps=spec["max_steps"], max_new_tokens=spec["max_new_tokens"],
-                           early_stop=early_stop, reuse_prefix=reuse, max_context=8192)
+                           early_stop=early_stop, reuse_prefix=reuse, constrain_names=constrain, max_context=8192)
     t0 = time.perf_counter()
     eps = list(rollout.run(model, tok, tasks, envs.make("replay"), dec, batch_size=rows or spec["batch_size"]))
     wall = time.perf_counter() - t0

@@ -69,6 +69,7 @@ class EvalConfig:
     max_new_tokens: int = 256              # per step
     batch_size: int = 8
     key_guard: bool = True                 # end an Action Input at its first repeated key (slmlib.rollout)
+    constrain_names: bool = False          # action names only from the task's tools and Finish (slmlib.action_names)
     baselines: list[str] = field(default_factory=lambda: ["smollm2-135m-instruct", "gemma-3-270m"])
 
 

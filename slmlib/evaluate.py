@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from slmlib import encode, envs, judge, memory, models, rollout
+from slmlib import action_names, encode, envs, judge, memory, models, rollout
 from slmlib import toolbench_format as tbf
-from slmlib.run import atomic_write_json, atomic_write_text
+from slmlib.run import atomic_write_json, atomic_write_text, read_json
 from slmlib.schema import FINISH, assistant_call, read_jsonl
 from slmlib.values import same_value
 
@@ -42,6 +42,23 @@ def done_ids(path: Path) -> set[str]:
         except (json.JSONDecodeError, KeyError):
             continue  # a line cut by a crash is redone
     return ids
+
+
+class SettingsChanged(ValueError):
+    pass
+
+
+def keep_settings(out: Path, settings: dict[str, Any]) -> None:
+    """Record how the episodes in ``out`` are rolled out; resuming them otherwise would mix two experiments."""
+    path = out / "settings.json"
+    if path.is_file() and done_ids(out / "predictions.jsonl"):
+        before = read_json(path)
+        changed = [f"{k}: {before.get(k)!r} then, {settings.get(k)!r} now" for k in sorted(set(before) | set(settings))
+                   if before.get(k) != settings.get(k)]
+        if changed:
+            raise SettingsChanged(f"{out} holds episodes rolled out with other settings ({'; '.join(changed)}); "
+                                  "give another output folder")
+    atomic_write_json(path, settings)
 
 
 def append_line(path: Path, record: dict) -> None:
@@ -91,7 +108,8 @@ def step_mode(model, tok, tasks: list[dict], out: Path, dec: rollout.Decoding, b
         chunk = items[b:b + batch_size]
         prompts = [encode.encode(tbf.prompt_segments({**t, "messages": h}), tok, add_eos=False).input_ids for t, h, _, _ in chunk]
         fits = [len(p) + dec.max_new_tokens <= dec.max_context for p in prompts]
-        generated = iter(rollout.generate_steps(model, tok, [p for p, ok in zip(prompts, fits) if ok], dec)[0] if any(fits) else [])
+        kept = [(p, action_names.names_of(t)) for p, (t, _, _, _), ok in zip(prompts, chunk, fits) if ok]
+        generated = iter(rollout.generate_steps(model, tok, [p for p, _ in kept], dec, names=[n for _, n in kept])[0] if kept else [])
         texts = [next(generated) if ok else "" for ok in fits]  # a prompt beyond the window counts as a failed step
         for (task, _, gold, position), text in zip(chunk, texts):
             parsed, guarded = rollout.parse_generated(text)
@@ -161,17 +179,20 @@ def evaluate(model: str, tasks_file: str | Path, out_dir: str | Path, *, adapter
              mode: str = "episode", env: str = "auto", url: str | None = None, max_steps: int = 10,
              limit: int = -1, judge_name: str = "offline", batch_size: int = 8, temperature: float = 0.0,
              max_new_tokens: int = 256, seed: int = 0, dtype: str = "float32", judge_model: str | None = None,
-             key_guard: bool = True) -> dict[str, Any]:
+             key_guard: bool = True, constrain_names: bool = False) -> dict[str, Any]:
     tasks = read_jsonl(tasks_file)  # a malformed file stops here, before any model loads
     if limit >= 0:
         tasks = tasks[:limit]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if mode == "episode":  # before the model loads: a resume with other settings stops at once
+        keep_settings(out, {"env": env, "max_steps": max_steps, "max_new_tokens": max_new_tokens, "temperature": temperature,
+                            "seed": seed, "dtype": dtype, "key_guard": key_guard, "constrain_names": constrain_names})
     fresh_peak = memory.reset_peak()
     mdl, tok = load_model(model, adapter, dtype)
     window = min(getattr(mdl.config, "max_position_embeddings", 2048) or 2048, 8192)
     dec = rollout.Decoding(max_steps=max_steps, max_new_tokens=max_new_tokens, temperature=temperature,
-                           max_context=window, seed=seed, key_guard=key_guard)
+                           max_context=window, seed=seed, key_guard=key_guard, constrain_names=constrain_names)
     if mode == "step":
         return step_mode(mdl, tok, tasks, out, dec, batch_size)
     environment = AutoEnv() if env == "auto" else envs.make(env, url)
@@ -189,7 +210,8 @@ def evaluate(model: str, tasks_file: str | Path, out_dir: str | Path, *, adapter
         from slmlib import tooleval
         tooleval.rejudge(records, by_id, model=judge_model)
     metrics = {"mode": "episode", "model": model, "adapter": adapter, "tasks": str(tasks_file), "judge": judge_name,
-               "max_steps": max_steps, "temperature": temperature, "key_guard": key_guard, **judge.metrics(records), **memory.peak(fresh_peak)}
+               "max_steps": max_steps, "temperature": temperature, "key_guard": key_guard,
+               "constrain_names": constrain_names, **judge.metrics(records), **memory.peak(fresh_peak)}
     atomic_write_json(out / "metrics.json", metrics)
     return metrics
 
@@ -214,5 +236,6 @@ def evaluate_run(profile, run_path: str | Path) -> dict[str, dict[str, dict]]:
             results.setdefault(label, {})[task_set] = evaluate(
                 model, task_file, run / "eval" / label / task_set, adapter=adapter, max_steps=profile.eval.max_steps,
                 batch_size=profile.eval.batch_size, temperature=profile.eval.temperature,
-                max_new_tokens=profile.eval.max_new_tokens, seed=profile.seed, key_guard=profile.eval.key_guard)
+                max_new_tokens=profile.eval.max_new_tokens, seed=profile.seed, key_guard=profile.eval.key_guard,
+                constrain_names=profile.eval.constrain_names)
     return results

@@ -68,6 +68,7 @@ def run_profile(params: str | Path, run_id: str | None = None, overwrite: bool =
     missing = data.check_sources(profile.data.required, profile.data.optional, profile.data.root)
     run = RunDir(output_root, run_id or new_run_id(profile.name))
     chain = notebooks(profile)
+    defaults = config.Profile(profile.name).to_dict()  # for options added after a resumed run started
     stems = [p.stem for p in chain]
     # the notebooks at the head of the chain that ran to their end; the first one that did not is where a resume starts
     done = len(list(takewhile(lambda s: executed(run.path / f"{s}.ipynb"), stems))) if resume else 0
@@ -78,10 +79,10 @@ def run_profile(params: str | Path, run_id: str | None = None, overwrite: bool =
         if done < start:
             raise CannotResume(f"{run.path}: {stems[done]} has not run to its end; resume the run instead")
         replaced = {s: notebook_seconds(run.path / f"{s}.ipynb") for s in stems[start:] if executed(run.path / f"{s}.ipynb")}
-        run.resume(profile.to_dict(), rerun=True, rerun_from=rerun_from, replaced_seconds=replaced)
+        run.resume(profile.to_dict(), rerun=True, defaults=defaults, rerun_from=rerun_from, replaced_seconds=replaced)
     elif resume:
         start = done
-        run.resume(profile.to_dict())
+        run.resume(profile.to_dict(), defaults=defaults)
     else:
         start = 0
         run.start(profile.to_dict(), profile.seed, overwrite=overwrite,

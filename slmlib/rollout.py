@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
-from slmlib import encode, judge
+from slmlib import action_names, encode, judge
 from slmlib import toolbench_format as tbf
 from slmlib.errors import ErrorLabel
 from slmlib.schema import FINISH
@@ -147,6 +147,7 @@ class Decoding:
     early_stop: bool = True      # stop each row at its step's end (off: run to the token limit, then cut)
     reuse_prefix: bool = True    # at batch size 1, keep each episode's KV cache from step to step
     key_guard: bool = True       # end an Action Input at its first repeated top-level key and close it
+    constrain_names: bool = False  # the action name can only be a declared tool's or Finish (slmlib.action_names)
 
 
 class PrefixCache:
@@ -174,11 +175,12 @@ class PrefixCache:
         self.ids = sequence[:self.cache.get_seq_length()]
 
 
-def generate_steps(model, tokenizer, prompts: list[list[int]], dec: Decoding,
-                   cache: PrefixCache | None = None) -> tuple[list[str], list[int]]:
+def generate_steps(model, tokenizer, prompts: list[list[int]], dec: Decoding, cache: PrefixCache | None = None,
+                   names: list[list[str]] | None = None) -> tuple[list[str], list[int]]:
     """Left-padded batch generation; returns each row's text up to its step end and its token count.
 
     With ``cache`` (one prompt only) the prefix it shares with the episode's previous step is reused.
+    With ``dec.constrain_names``, ``names`` holds each row's allowed action names.
     """
     if cache is not None and len(prompts) != 1:
         raise ValueError("a prefix cache serves a batch of one")
@@ -191,6 +193,8 @@ def generate_steps(model, tokenizer, prompts: list[list[int]], dec: Decoding,
         kwargs["temperature"] = dec.temperature
     if dec.early_stop:
         kwargs["stopping_criteria"] = StoppingCriteriaList([StopAtStepEnd(tokenizer, width, dec.key_guard)])
+    if dec.constrain_names:
+        kwargs["logits_processor"] = LogitsProcessorList([action_names.ActionNameConstraint(tokenizer, width, names)])
     if cache is not None:
         kwargs["cache"] = cache.prepare(prompts[0])
     with torch.no_grad():
@@ -269,7 +273,8 @@ def run(model, tokenizer, tasks: Iterable[dict], env, dec: Decoding, batch_size:
                 ready.append(ep)
         if ready:
             t0 = time.perf_counter()
-            texts, counts = generate_steps(model, tokenizer, prompts, dec, cache=ready[0].prefix if len(ready) == 1 else None)
+            texts, counts = generate_steps(model, tokenizer, prompts, dec, cache=ready[0].prefix if len(ready) == 1 else None,
+                                           names=[action_names.names_of(ep.task) for ep in ready])
             share = (time.perf_counter() - t0) / len(ready)
             for ep, text, n in zip(ready, texts, counts):
                 ep.seconds += share

@@ -118,10 +118,13 @@ class RunDir:
         atomic_write_json(self.manifest_path, manifest)
         return manifest
 
-    def resume(self, params: dict[str, Any], *, rerun: bool = False, **note: Any) -> None:
+    def resume(self, params: dict[str, Any], *, rerun: bool = False, defaults: dict[str, Any] | None = None,
+               **note: Any) -> None:
         """Continue an unfinished run (or, with ``rerun``, reopen a finished one) with the same parameters.
 
-        Each resume is logged in the manifest with ``note``.
+        A parameter added since the run started is absent from its manifest; it counts as ``defaults``
+        gives it (a new option's default keeps the behaviour from before it existed). Each resume is
+        logged in the manifest with ``note``.
         """
         if not self.manifest_path.is_file():
             raise CannotResume(f"{self.path}: no run to resume (no run_manifest.json)")
@@ -130,7 +133,7 @@ class RunDir:
             raise CannotResume(f"{self.path} finished at {manifest['finished_at']}; nothing to resume "
                                "(name a notebook to re-execute from to rerun part of it)")
         as_stored = json.loads(json.dumps(params, default=str))  # the manifest holds JSON: tuples came back as lists
-        changed = sorted(_diff(manifest.get("params", {}), as_stored))
+        changed = sorted(_diff(_with_defaults(manifest.get("params", {}), defaults or {}), as_stored))
         if changed:
             raise CannotResume(f"{self.path} was started with other parameters ({', '.join(changed)}); "
                                "resume it with the profile it started with")
@@ -156,6 +159,13 @@ class RunDir:
         metrics[key] = value
         atomic_write_json(self.metrics_path, metrics)
         return value
+
+
+def _with_defaults(stored: Any, defaults: Any) -> Any:
+    """``stored`` with the keys only ``defaults`` has (at any depth) taken from it."""
+    if not (isinstance(stored, dict) and isinstance(defaults, dict)):
+        return stored
+    return {**defaults, **{k: _with_defaults(v, defaults.get(k)) for k, v in stored.items()}}
 
 
 def _diff(a: Any, b: Any, prefix: str = "") -> Iterable[str]:

@@ -5,10 +5,11 @@ import sys
 import threading
 
 import pytest
+import torch
 
-from slmlib import envs, judge, rollout, schema, tooleval
+from slmlib import action_names, envs, judge, rollout, schema, tooleval
 from slmlib.errors import ErrorLabel
-from slmlib.evaluate import evaluate, step_metrics
+from slmlib.evaluate import SettingsChanged, evaluate, step_metrics
 
 WEATHER = {"name": "get_weather", "description": "Weather now.", "parameters": {
     "type": "object", "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["C", "F"]}},
@@ -126,10 +127,47 @@ def test_prefix_cache_reuses_the_shared_prefix_and_changes_nothing(tiny):
         rollout.generate_steps(model, tok, [first, first], dec, cache=cache)
 
 
+STB_NAMES = ["posts_for_instagram_reels_and_post_downloader", "stories_for_instagram_reels_and_post_downloader", "Finish"]
+
+
+def test_a_constrained_name_stays_on_course_for_a_declared_one(smol_tokenizer):
+    texts = action_names.token_texts(smol_tokenizer)
+    assert action_names.allowed_tokens("Thought: get the reels", STB_NAMES, texts) is None  # no action yet
+    first = action_names.allowed_tokens("Thought: get the reels\nAction:", STB_NAMES, texts)
+    firsts = {smol_tokenizer.decode([i]) for i in first}
+    assert {" posts", " stories", " Finish"} <= firsts and not firsts & {" inst", " finish", " Posts"}
+    assert all(t.startswith(" ") for t in firsts)
+    # follow the longest allowed token each time: the walk spells a declared name and its line end
+    text = "Thought: x\nAction:"
+    while (allowed := action_names.allowed_tokens(text, STB_NAMES, texts)) is not None:
+        text += max((smol_tokenizer.decode([i]) for i in allowed), key=len)
+    name = text.split("\nAction:")[1]
+    assert name.split("\n")[0].strip() in STB_NAMES and "\n" in name
+    assert action_names.allowed_tokens(text + ' {"a"', STB_NAMES, texts) is None  # the Action Input is free
+
+
+def test_generation_under_the_constraint_writes_a_declared_name():
+    from transformers import LogitsProcessorList
+    from slmlib import models
+    model, tok = models.load("smollm2-135m-instruct")
+    prompt = tok("List the posts of an Instagram reel.\n", add_special_tokens=False).input_ids
+    started = tok("Thought: I will look it up.\nAction:", add_special_tokens=False).input_ids
+    names = [["zq_lookup_7", "Finish"], ["wx_other_tool", "Finish"]]
+    ids = torch.tensor([prompt + started] * 2)
+    free = model.generate(input_ids=ids, max_new_tokens=8, do_sample=False)
+    constrained = model.generate(input_ids=ids, max_new_tokens=8, do_sample=False, logits_processor=LogitsProcessorList(
+        [action_names.ActionNameConstraint(tok, len(prompt), names)]))
+    for row, allowed in enumerate(names):
+        written = tok.decode(constrained[row, len(prompt) + len(started):]).split("\n")[0].strip()
+        assert written in allowed, written
+    assert not any(tok.decode(free[0, len(prompt) + len(started):]).strip().startswith(n) for n in names[0])
+
+
 def scripted(monkeypatch, outputs):
     """Feed the rollout loop fixed model outputs, to check the loop's bookkeeping exactly."""
     script = iter(outputs)
-    monkeypatch.setattr(rollout, "generate_steps", lambda model, tok, prompts, dec, cache=None: ([next(script) for _ in prompts], [5] * len(prompts)))
+    monkeypatch.setattr(rollout, "generate_steps", lambda model, tok, prompts, dec, cache=None, names=None:
+                        ([next(script) for _ in prompts], [5] * len(prompts)))
 
 
 FINISH_20C = 'Thought: done\nAction: Finish\nAction Input: {"return_type": "give_answer", "final_answer": "20 C"}'
@@ -149,6 +187,18 @@ def test_rollout_loop_acts_observes_and_finishes(monkeypatch, tiny):
     assert rec["finish"] == {"return_type": "give_answer", "final_answer": "20 C"}
     assert [m["role"] for m in rec["messages"]] == ["user", "assistant", "tool", "assistant"]
     assert judge.judge(t, rec)["passed"]
+
+
+def test_each_row_is_constrained_to_its_own_tasks_names(monkeypatch, tiny):
+    seen = []
+
+    def generate(model, tok, prompts, dec, cache=None, names=None):
+        seen.append(names if dec.constrain_names else None)
+        return [FINISH_20C] * len(prompts), [5] * len(prompts)
+    monkeypatch.setattr(rollout, "generate_steps", generate)
+    news_only = {**task(), "id": "t2", "tools": [NEWS]}
+    list(rollout.run(*tiny, [task(), news_only], envs.make("stub"), rollout.Decoding(constrain_names=True), batch_size=2))
+    assert seen == [[["get_weather", "get_news", "Finish"], ["get_news", "Finish"]]]
 
 
 def test_guarded_step_is_acted_on_and_counted(monkeypatch, tiny):
@@ -220,6 +270,10 @@ def test_evaluate_real_tiny_model_resumes_and_classifies(tmp_path, data_root):
     again = (out / "predictions.jsonl").read_text().splitlines()
     assert again[:3] == lines[:3] and json.loads(again[3])["id"] == json.loads(lines[3])["id"] and len(again) == 4
     assert m3["pass_rate"] == m2["pass_rate"] and m3["error_labels"] == m2["error_labels"]
+    # resuming these episodes with other decoding settings would mix two experiments in one file
+    with pytest.raises(SettingsChanged, match="constrain_names: False then, True now; max_steps: 2 then, 3 now"):
+        evaluate("no-such-model", tmp_path / "tasks.jsonl", out, max_steps=3, max_new_tokens=24, constrain_names=True)
+    assert (out / "predictions.jsonl").read_text().splitlines() == again
     for line in lines:  # a random model's output is a classified failure, never an exception
         assert json.loads(line)["verdict"]["label"] in {e.value for e in ErrorLabel}
     metrics = json.loads((out / "metrics.json").read_text())

@@ -23,7 +23,8 @@ def test_paper_profile_has_the_papers_recipe():
     assert (t.method, t.epochs, t.learning_rate, t.warmup_steps) == ("full", 1.0, 5e-5, 100)
     assert (t.per_device_batch_size, t.gradient_accumulation, t.max_grad_norm, t.weight_decay) == (8, 4, 0.3, 0.01)
     assert t.precision == "fp16" and t.gradient_checkpointing
-    assert config.load(REPO / "params" / "paper.yaml").eval.temperature == 0.1
+    paper_eval = config.load(REPO / "params" / "paper.yaml").eval
+    assert paper_eval.temperature == 0.1 and not paper_eval.constrain_names  # the paper decodes freely
 
 
 def test_unknown_key_names_key_and_file(tmp_path):
@@ -75,7 +76,13 @@ def test_resume_needs_an_unfinished_run_with_the_same_parameters(tmp_path):
         run.resume({"a": 1, "b": {"c": (1, 3)}})
     run.resume({"a": 1, "b": {"c": (1, 2)}})
     run.resume({"a": 1, "b": {"c": (1, 2)}})
-    assert len(read_json(run.manifest_path)["resumes"]) == 2
+    # an option added since the run started: its default matches the run, another value does not
+    run.resume({"a": 1, "b": {"c": (1, 2), "new": False}}, defaults={"b": {"new": False}})
+    with pytest.raises(CannotResume, match=r"other parameters \(b\.new\)"):
+        run.resume({"a": 1, "b": {"c": (1, 2), "new": True}}, defaults={"b": {"new": False}})
+    with pytest.raises(CannotResume, match=r"other parameters \(b\.new\)"):
+        run.resume({"a": 1, "b": {"c": (1, 2), "new": False}})
+    assert len(read_json(run.manifest_path)["resumes"]) == 3
     run.finish()
     with pytest.raises(CannotResume, match="nothing to resume"):
         run.resume({"a": 1, "b": {"c": (1, 2)}})

@@ -47,6 +47,8 @@ def test_training_evaluation_and_results_metrics(smoke_run):
     cfb = m["eval"][label]["complexfuncbench"]
     assert cfb["n_tasks"] == 8 and 0 <= cfb["pass_rate"] <= cfb["pass_rate_ci95"][1] <= 1
     assert 0 <= cfb["format_valid_rate"] <= 1 and cfb["seconds_per_task"] > 0
+    eval_dir = smoke_run / "eval" / label / "complexfuncbench"
+    assert read_json(eval_dir / "metrics.json")["constrain_names"] and read_json(eval_dir / "settings.json")["constrain_names"]
     assert sum(m["errors"].get(label, {}).values()) <= 32
     assert set(m["results"]) == {f"{label}/complexfuncbench", f"{label}/stabletoolbench"}
     for name in ("training_curves", "error_breakdown", "pass_rate_complexfuncbench", "call_quality", "speed_cost"):
