@@ -175,6 +175,21 @@ def rejudge(preds: Path, by_id: dict[str, dict]) -> list[dict]:
     return [r for r in lines if r["id"] in by_id]
 
 
+MEMORY_KEYS = ("peak_rss_gb", "peak_gpu_gb", "peak_rss_is_process_peak")
+
+
+def rollout_peak(previous: dict[str, Any], now: dict[str, Any]) -> dict[str, Any]:
+    """The peak memory of the rollouts behind the stored episodes: those of an earlier execution count too."""
+    before = {k: previous[k] for k in MEMORY_KEYS if k in previous}
+    if not now or not before:
+        return now or before
+    return {**now, **{k: max(now[k], before[k]) for k in ("peak_rss_gb", "peak_gpu_gb") if k in now and k in before}}
+
+
+def context_window(model) -> int:
+    return min(getattr(model.config, "max_position_embeddings", 2048) or 2048, 8192)
+
+
 def evaluate(model: str, tasks_file: str | Path, out_dir: str | Path, *, adapter: str | None = None,
              mode: str = "episode", env: str = "auto", url: str | None = None, max_steps: int = 10,
              limit: int = -1, judge_name: str = "offline", batch_size: int = 8, temperature: float = 0.0,
@@ -185,33 +200,39 @@ def evaluate(model: str, tasks_file: str | Path, out_dir: str | Path, *, adapter
         tasks = tasks[:limit]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if mode == "episode":  # before the model loads: a resume with other settings stops at once
-        keep_settings(out, {"env": env, "max_steps": max_steps, "max_new_tokens": max_new_tokens, "temperature": temperature,
-                            "seed": seed, "dtype": dtype, "key_guard": key_guard, "constrain_names": constrain_names})
-    fresh_peak = memory.reset_peak()
-    mdl, tok = load_model(model, adapter, dtype)
-    window = min(getattr(mdl.config, "max_position_embeddings", 2048) or 2048, 8192)
-    dec = rollout.Decoding(max_steps=max_steps, max_new_tokens=max_new_tokens, temperature=temperature,
-                           max_context=window, seed=seed, key_guard=key_guard, constrain_names=constrain_names)
+    dec = rollout.Decoding(max_steps=max_steps, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+                           key_guard=key_guard, constrain_names=constrain_names)
     if mode == "step":
+        mdl, tok = load_model(model, adapter, dtype)
+        dec.max_context = context_window(mdl)
         return step_mode(mdl, tok, tasks, out, dec, batch_size)
-    environment = AutoEnv() if env == "auto" else envs.make(env, url)
+    # before the model loads: a resume with other settings stops at once
+    keep_settings(out, {"env": env, "max_steps": max_steps, "max_new_tokens": max_new_tokens, "temperature": temperature,
+                        "seed": seed, "dtype": dtype, "key_guard": key_guard, "constrain_names": constrain_names})
     preds = out / "predictions.jsonl"
     skip = done_ids(preds)
     by_id = {t["id"]: t for t in tasks}
     todo = [t for t in tasks if t["id"] not in skip]
-    for ep in rollout.run(mdl, tok, todo, environment, dec, batch_size):
-        record = rollout.episode_record(ep)
-        record["declared_tools"] = [t["name"] for t in ep.task["tools"]]
-        record["verdict"] = judge.judge(ep.task, record)
-        append_line(preds, record)
+    peak: dict[str, Any] = {}
+    if todo:  # a rerun with every episode stored only judges them again: no model to load
+        fresh_peak = memory.reset_peak()
+        mdl, tok = load_model(model, adapter, dtype)
+        dec.max_context = context_window(mdl)
+        environment = AutoEnv() if env == "auto" else envs.make(env, url)
+        for ep in rollout.run(mdl, tok, todo, environment, dec, batch_size):
+            record = rollout.episode_record(ep)
+            record["declared_tools"] = [t["name"] for t in ep.task["tools"]]
+            record["verdict"] = judge.judge(ep.task, record)
+            append_line(preds, record)
+        peak = memory.peak(fresh_peak)
     records = rejudge(preds, by_id)
     if judge_name == "tooleval":
         from slmlib import tooleval
         tooleval.rejudge(records, by_id, model=judge_model)
+    previous = read_json(out / "metrics.json") if skip and (out / "metrics.json").is_file() else {}
     metrics = {"mode": "episode", "model": model, "adapter": adapter, "tasks": str(tasks_file), "judge": judge_name,
                "max_steps": max_steps, "temperature": temperature, "key_guard": key_guard,
-               "constrain_names": constrain_names, **judge.metrics(records), **memory.peak(fresh_peak)}
+               "constrain_names": constrain_names, **judge.metrics(records), **rollout_peak(previous, peak)}
     atomic_write_json(out / "metrics.json", metrics)
     return metrics
 

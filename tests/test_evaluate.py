@@ -270,6 +270,9 @@ def test_evaluate_real_tiny_model_resumes_and_classifies(tmp_path, data_root):
     again = (out / "predictions.jsonl").read_text().splitlines()
     assert again[:3] == lines[:3] and json.loads(again[3])["id"] == json.loads(lines[3])["id"] and len(again) == 4
     assert m3["pass_rate"] == m2["pass_rate"] and m3["error_labels"] == m2["error_labels"]
+    # with every episode stored, a rerun judges them again without loading the model, and keeps the rollouts' peak memory
+    m4 = evaluate("no-such-model", tmp_path / "tasks.jsonl", out, max_steps=2, max_new_tokens=24, batch_size=2)
+    assert m4 == {**m3, "model": "no-such-model"}
     # resuming these episodes with other decoding settings would mix two experiments in one file
     with pytest.raises(SettingsChanged, match="constrain_names: False then, True now; max_steps: 2 then, 3 now"):
         evaluate("no-such-model", tmp_path / "tasks.jsonl", out, max_steps=3, max_new_tokens=24, constrain_names=True)
