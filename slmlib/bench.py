@@ -183,10 +183,10 @@ def main_eval(args) -> int:
     base = results[0]
     print(f"model {args.model}, {len(tasks)} ComplexFuncBench test tasks, replay, greedy, <= {args.max_steps} steps, "
           f"<= {args.max_new_tokens} new tokens a step, batch {args.batch_size}; baseline {base['config']}")
-    print(f"{'config':16} {'tasks/s':>8} {'s/task':>8} {'steps':>6} {'new tok':>8} {'RSS GB':>7} {'identical':>9} {'speedup':>8}")
+    print(f"{'config':18} {'tasks/s':>8} {'s/task':>8} {'steps':>6} {'new tok':>8} {'RSS GB':>7} {'identical':>9} {'speedup':>8}")
     for r in results:
         same = sum(base["outputs"][k] == r["outputs"].get(k) for k in base["outputs"])
-        print(f"{r['config']:16} {r['tasks_per_s']:8.4f} {r['seconds_per_task']:8.2f} {r['steps']:6d} {r['new_tokens']:8d} "
+        print(f"{r['config']:18} {r['tasks_per_s']:8.4f} {r['seconds_per_task']:8.2f} {r['steps']:6d} {r['new_tokens']:8d} "
               f"{r['peak_rss_gb']:7.2f} {same:>4d}/{len(base['outputs']):<4d} {r['tasks_per_s'] / base['tasks_per_s']:7.2f}x")
     (work / "results.json").write_text(json.dumps(results, indent=2))
     return 0
