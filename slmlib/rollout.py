@@ -5,7 +5,8 @@ task that finishes leaves the batch and the next waiting task takes its place. G
 step stops as soon as its Action Input is a complete JSON object (or the model starts another
 turn, or ends the sequence) instead of running to the token limit. The repeated-key guard ends an
 Action Input at its first repeated top-level key and closes the object there; such steps are marked
-``"guard": "repeated_key"`` in the predictions and counted in the metrics.
+``"guard": "repeated_key"`` in the predictions and counted in the metrics. With
+``Decoding.constrain_names`` the action name is decoded under :mod:`slmlib.action_names`' mask.
 """
 from __future__ import annotations
 
