@@ -30,7 +30,8 @@ class DataConfig:
     max_length: int = 2048                 # tokens per training sequence / prompt window
     max_observation_chars: int = 1024      # ToolBench truncates observations to 1,024 characters
     distractor_tools: int = 4              # tools kept besides the gold ones when the tool list is trimmed
-    train_limit: int = -1                  # training trajectories per source; -1 = all
+    train_limit: int = -1                  # training trajectories per group of each source; -1 = all
+    train_limits: dict[str, int] = field(default_factory=dict)  # per-source overrides: {complexfuncbench: -1} weights the mix
     test_limit: int = -1                   # ComplexFuncBench test tasks per group; -1 = all 200
     stabletoolbench_limit: int = -1        # StableToolBench queries per group (seeded sample); -1 = all 765
 
@@ -106,6 +107,11 @@ def _check(value: Any, tp: Any, key: str, where: str) -> Any:
             return None
         inner = [a for a in typing.get_args(tp) if a is not type(None)][0]
         return _check(value, inner, key, where)
+    if origin is dict:
+        key_type, item = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: '{key}' must be a mapping of {_type_name(key_type)} to {_type_name(item)}, got {value!r}")
+        return {_check(k, key_type, f"{key} key", where): _check(v, item, f"{key}.{k}", where) for k, v in value.items()}
     if origin is list:
         (item,) = typing.get_args(tp)
         if not isinstance(value, list):
@@ -144,6 +150,10 @@ def load(path: str | Path) -> Profile:
         raise ConfigError(f"{path}: a profile is a mapping of keys, got {type(data).__name__}")
     data.setdefault("name", path.stem)
     profile = build(Profile, data, str(path))
+    unused = sorted(set(profile.data.train_limits) - {*profile.data.required, *profile.data.optional})
+    if unused:
+        raise ConfigError(f"{path}: 'data.train_limits.{unused[0]}' names a source the profile does not read "
+                          f"(its sources: {', '.join([*profile.data.required, *profile.data.optional])})")
     root = Path(profile.data.root)
     if not root.is_absolute():  # relative to the repository, wherever the caller runs
         root = (REPO / root).resolve()

@@ -69,7 +69,7 @@ def prepare(profile: Profile, run_path: str | Path, tokenizer) -> dict:
     train: list[dict] = []
     stats = budget.TrimStats()
     for name in [s for s in [*cfg.required, *cfg.optional] if s not in missing and s not in TEST_ONLY]:
-        raw = _limited(list(data.load(name, cfg.root, "train")), cfg.train_limit, profile.seed)
+        raw = _limited(list(data.load(name, cfg.root, "train")), cfg.train_limits.get(name, cfg.train_limit), profile.seed)
         per_source = budget.TrimStats()
         for task in raw:
             fitted = budget.fit(task, count, cfg.max_length, loss_on=profile.train.loss_on,

@@ -176,3 +176,14 @@ def test_cli_convert_and_stats(tmp_path, data_root):
                            capture_output=True, text=True, check=True).stdout
     report = json.loads(stats)
     assert report["n"] == 5 and report["tokens"]["p50"] > 500
+
+
+def test_a_per_source_limit_weights_the_training_mix(tmp_path, data_root):
+    from slmlib import config, models, prepare
+    p = tmp_path / "mix.yaml"
+    p.write_text(f"data:\n  root: {data_root}\n  optional: [apibank]\n  train_limit: 1\n"
+                 "  train_limits: {complexfuncbench: 3}\n  test_limit: 1\n")
+    report = prepare.prepare(config.load(p), tmp_path / "run", models.load_tokenizer("tiny-opt"))
+    groups = {name: len({t["group"] for t in data.load(name, str(data_root), "train")}) for name in ("complexfuncbench", "apibank")}
+    assert report["sources"]["complexfuncbench"]["seen"] == 3 * groups["complexfuncbench"]  # the override
+    assert report["sources"]["apibank"]["seen"] == 1 * groups["apibank"]                    # the profile-wide limit

@@ -44,6 +44,21 @@ def test_wrong_type_names_key_and_file(tmp_path):
         config.load(p)
 
 
+def test_per_source_training_limits_are_checked(tmp_path):
+    p = tmp_path / "mix.yaml"
+    p.write_text("data:\n  optional: [apibank]\n  train_limit: 5\n  train_limits: {complexfuncbench: -1, apibank: 2}\n")
+    assert config.load(p).data.train_limits == {"complexfuncbench": -1, "apibank": 2}
+    p.write_text("data:\n  train_limits: {complexfuncbench: all}\n")
+    with pytest.raises(config.ConfigError, match=r"'data\.train_limits\.complexfuncbench' must be int"):
+        config.load(p)
+    p.write_text("data:\n  train_limits: [complexfuncbench]\n")
+    with pytest.raises(config.ConfigError, match=r"'data\.train_limits' must be a mapping of str to int"):
+        config.load(p)
+    p.write_text("data:\n  train_limits: {glaive: 10}\n")  # a source this profile does not read: a typo or a no-op
+    with pytest.raises(config.ConfigError, match=r"'data\.train_limits\.glaive' names a source the profile does not read"):
+        config.load(p)
+
+
 def test_environment_yml_pins_match_pyproject():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     pins = set(project["dependencies"]) | set(project["optional-dependencies"]["dev"])
