@@ -127,6 +127,10 @@ def markdown(summary: dict, command: str) -> str:
                   f"{train['steps']} optimizer steps in {train['train_seconds'] / 60:.1f} min on {train['device']} "
                   f"({train['supervised_tokens_per_s']:.0f} supervised tokens/s), final loss {train['final_loss']:.3f}, "
                   f"peak RSS {_num(train.get('peak_rss_gb'), '{:.1f}')} GB.", ""]
+    episodes = [m for sets in summary["eval"].values() for m in sets.values()]
+    if episodes:  # each episode's own time: the evaluation's compute, whatever interrupted it
+        lines += [f"Evaluation: {sum(m['n_tasks'] for m in episodes):,} episodes, "
+                  f"{sum(m['n_tasks'] * m['seconds_per_task'] for m in episodes) / 60:.1f} min of rollout summed over them.", ""]
     lines += ["## Pass rate and call quality (overall per task set)", "",
               "| model | task set | n | pass rate [95% CI] | format-valid steps | guarded steps | unknown-tool calls | "
               "call match | s/task | peak RSS GB |", "|---|---|---|---|---|---|---|---|---|---|"]
