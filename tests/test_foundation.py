@@ -59,6 +59,18 @@ def test_per_source_training_limits_are_checked(tmp_path):
         config.load(p)
 
 
+def test_the_readme_documents_every_profile_key():
+    import dataclasses
+    readme = (REPO / "README.md").read_text()
+    table = readme.split("## Profiles\n")[1].split("\n## ")[0]
+    sections = ("model", "data", "train", "eval")
+    keys = [f.name for f in dataclasses.fields(config.Profile) if f.name not in ("name", *sections)]
+    for section in sections:
+        cls = type(getattr(config.Profile("x"), section))
+        keys += [f"{section}.{f.name}" for f in dataclasses.fields(cls) if not f.name.startswith("lora_")]
+    assert [k for k in keys if f"`{k}`" not in table] == []
+
+
 def test_environment_yml_pins_match_pyproject():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     pins = set(project["dependencies"]) | set(project["optional-dependencies"]["dev"])
