@@ -143,7 +143,8 @@ def main(args) -> int:
 
 # name -> (batched rows, stop at each step's end, reuse each episode's KV cache, constrain action names)
 EVAL_CONFIGS = {"one_at_a_time": (1, False, False, False), "batched": (None, True, False, False),
-                "prefix_reuse": (1, True, True, False), "constrained_names": (1, True, True, True)}
+                "prefix_reuse": (1, True, True, False), "constrained_names": (1, True, True, True),
+                "batched_constrained": (None, True, False, True)}
 
 
 def eval_one(spec: dict) -> dict:
