@@ -48,10 +48,10 @@ class SettingsChanged(ValueError):
     pass
 
 
-def keep_settings(out: Path, settings: dict[str, Any]) -> None:
+def keep_settings(out: Path, settings: dict[str, Any], resuming: bool) -> None:
     """Record how the episodes in ``out`` are rolled out; resuming them otherwise would mix two experiments."""
     path = out / "settings.json"
-    if path.is_file() and done_ids(out / "predictions.jsonl"):
+    if path.is_file() and resuming:
         before = read_json(path)
         changed = [f"{k}: {before.get(k)!r} then, {settings.get(k)!r} now" for k in sorted(set(before) | set(settings))
                    if before.get(k) != settings.get(k)]
@@ -175,15 +175,13 @@ def rejudge(preds: Path, by_id: dict[str, dict]) -> list[dict]:
     return [r for r in lines if r["id"] in by_id]
 
 
-MEMORY_KEYS = ("peak_rss_gb", "peak_gpu_gb", "peak_rss_is_process_peak")
+PEAKS = ("peak_rss_gb", "peak_gpu_gb")
 
 
 def rollout_peak(previous: dict[str, Any], now: dict[str, Any]) -> dict[str, Any]:
     """The peak memory of the rollouts behind the stored episodes: those of an earlier execution count too."""
-    before = {k: previous[k] for k in MEMORY_KEYS if k in previous}
-    if not now or not before:
-        return now or before
-    return {**now, **{k: max(now[k], before[k]) for k in ("peak_rss_gb", "peak_gpu_gb") if k in now and k in before}}
+    before = {k: previous[k] for k in (*PEAKS, "peak_rss_is_process_peak") if k in previous}
+    return before | now | {k: max(now[k], before[k]) for k in PEAKS if k in now and k in before}
 
 
 def context_window(model) -> int:
@@ -206,11 +204,11 @@ def evaluate(model: str, tasks_file: str | Path, out_dir: str | Path, *, adapter
         mdl, tok = load_model(model, adapter, dtype)
         dec.max_context = context_window(mdl)
         return step_mode(mdl, tok, tasks, out, dec, batch_size)
-    # before the model loads: a resume with other settings stops at once
-    keep_settings(out, {"env": env, "max_steps": max_steps, "max_new_tokens": max_new_tokens, "temperature": temperature,
-                        "seed": seed, "dtype": dtype, "key_guard": key_guard, "constrain_names": constrain_names})
+    settings = {"env": env, "max_steps": max_steps, "max_new_tokens": max_new_tokens, "temperature": temperature,
+                "seed": seed, "dtype": dtype, "key_guard": key_guard, "constrain_names": constrain_names}
     preds = out / "predictions.jsonl"
     skip = done_ids(preds)
+    keep_settings(out, settings, resuming=bool(skip))  # before the model loads: other settings stop at once
     by_id = {t["id"]: t for t in tasks}
     todo = [t for t in tasks if t["id"] not in skip]
     peak: dict[str, Any] = {}
@@ -231,8 +229,7 @@ def evaluate(model: str, tasks_file: str | Path, out_dir: str | Path, *, adapter
         tooleval.rejudge(records, by_id, model=judge_model)
     previous = read_json(out / "metrics.json") if skip and (out / "metrics.json").is_file() else {}
     metrics = {"mode": "episode", "model": model, "adapter": adapter, "tasks": str(tasks_file), "judge": judge_name,
-               "max_steps": max_steps, "temperature": temperature, "key_guard": key_guard,
-               "constrain_names": constrain_names, **judge.metrics(records), **rollout_peak(previous, peak)}
+               **settings, **judge.metrics(records), **rollout_peak(previous, peak)}
     atomic_write_json(out / "metrics.json", metrics)
     return metrics
 
