@@ -110,17 +110,19 @@ def markdown(summary: dict, command: str) -> str:
              + ", ".join(f"{k} {v}" for k, v in summary["packages"].items() if v) + ".", "",
              f"Wall time: {summary['wall_seconds'] / 60:.1f} min from start to finish; per notebook (its last execution): "
              + ", ".join(f"{k} {v / 60:.1f} min" for k, v in summary["notebook_seconds"].items() if v is not None) + ".", ""]
+    def when(r: dict) -> str:
+        return f"{r['at']} at commit `{(r['git_sha'] or 'unknown')[:12]}`{DIRTY.get(r['git_dirty'], '')}"
+    resumes = [when(r) for r in summary["resumes"] if not r.get("rerun_from")]
+    if resumes:  # a long run is resumed many times: one sentence, not one paragraph each
+        lines += [f"Interrupted, and resumed on {', on '.join(resumes)} with `make run PROFILE={_profile(summary)} "
+                  f"RESUME={summary['run_id']}`; the wall time counts from the first start.", ""]
     for r in summary["resumes"]:
-        when = f"{r['at']} at commit `{(r['git_sha'] or 'unknown')[:12]}`{DIRTY.get(r['git_dirty'], '')}"
         if r.get("rerun_from"):
-            lines += [f"Re-executed from `{r['rerun_from']}` on {when} "
+            lines += [f"Re-executed from `{r['rerun_from']}` on {when(r)} "
                       f"(`make run PROFILE={_profile(summary)} RESUME={summary['run_id']} FROM={r['rerun_from']}`); "
                       "the executions it replaced took "
                       + ", ".join(f"{k} {v / 60:.1f} min" for k, v in r["replaced_seconds"].items() if v is not None)
                       + ". The wall time counts from the first start to the last finish.", ""]
-        else:
-            lines += [f"Interrupted, and resumed on {when} with `make run PROFILE={_profile(summary)} "
-                      f"RESUME={summary['run_id']}`; the wall time counts from the first start.", ""]
     train = summary.get("train")
     if train:
         lines += [f"Training: {train['n_rows']} trajectories, {train['supervised_tokens']:,} supervised tokens, "

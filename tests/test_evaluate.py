@@ -71,9 +71,9 @@ def test_wilson_interval():
     lo, hi = judge.wilson(50, 100)
     assert lo == pytest.approx(0.4038, abs=1e-3) and hi == pytest.approx(0.5962, abs=1e-3)
     assert judge.wilson(0, 0) == (0.0, 0.0)
-    # the interval holds the observed rate exactly, as error bars need (0 of 50 once gave lo > 0 by rounding)
+    # the interval holds the observed rate exactly, as error bars need (0 of 108 gave lo = 3.5e-18 by rounding)
     assert all(lo <= k / n <= hi for n in range(1, 301) for k in range(n + 1) for lo, hi in [judge.wilson(k, n)])
-    assert judge.wilson(0, 50)[0] == 0.0 and judge.wilson(50, 50)[1] == 1.0
+    assert judge.wilson(0, 108)[0] == 0.0 and judge.wilson(21, 21)[1] == 1.0
 
 
 def test_replay_and_stub_environments():
