@@ -7,6 +7,10 @@ import logging
 import sys
 from pathlib import Path
 
+class UsageError(Exception):
+    """Options that do not go together."""
+
+
 CONVERT_SOURCES = ("toolbench-rows", "toolbench-answers", "toolbench-queries", "stabletoolbench",
                    "complexfuncbench", "glaive", "apibank", "toolrl")
 
@@ -25,11 +29,11 @@ def _convert(args) -> int:
         "toolrl": lambda p, cb: toolrl.tasks(p, on_error=cb),
     }
     if args.input is None and args.source != "complexfuncbench":
-        sys.exit(f"--input is required for --source {args.source}")
+        raise UsageError(f"--input is required for --source {args.source}")
     skipped: list = []
     out = Path(args.out)
     if out.exists() and not args.overwrite:
-        sys.exit(f"{out} exists; pass --overwrite to replace it")
+        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
     n = write_jsonl(out, readers[args.source](args.input, skipped.append if args.skip_invalid else None))
     for err in skipped:
         print(f"skipped: {err}", file=sys.stderr)
@@ -78,7 +82,7 @@ def _evaluate(args) -> int:
                        url=args.url, max_steps=args.max_steps, limit=args.limit, judge_name=args.judge,
                        batch_size=args.batch_size, temperature=args.temperature, max_new_tokens=args.max_new_tokens,
                        seed=args.seed, dtype=args.dtype, judge_model=args.judge_model, key_guard=not args.no_key_guard,
-                       constrain_names=args.constrain_names)
+                       decoding=args.decoding)
     print(json.dumps({k: v for k, v in metrics.items() if k != "groups"}, indent=2))
     return 0
 
@@ -96,7 +100,7 @@ def _bench_eval(args) -> int:
 def _run(args) -> int:
     from slmlib import pipeline
     if args.rerun_from and not args.resume:
-        sys.exit("--from re-executes part of a run: name it with --resume RUN_ID")
+        raise UsageError("--from re-executes part of a run: name it with --resume RUN_ID")
     run_dir = pipeline.run_profile(args.params, run_id=args.resume or args.run_id, overwrite=args.overwrite,
                                    output_root=args.output_root, resume=bool(args.resume), rerun_from=args.rerun_from)
     print(run_dir)
@@ -109,9 +113,40 @@ def _results(args) -> int:
     return 0
 
 
+class Parser(argparse.ArgumentParser):
+    """A bad flag or value: one line that names it, status 2 (subcommands' parsers are of this class too)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: {message} (--help shows the usage)\n")
+
+
+def positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """What a user's mistake raises: a bad task file or profile, an unknown model, a missing or taken path,
+    a run or output folder that cannot go on as asked. Anything else is a bug and keeps its traceback."""
+    from slmlib.config import ConfigError
+    from slmlib.evaluate import SettingsChanged
+    from slmlib.models import ModelNotFound
+    from slmlib.run import CannotResume
+    from slmlib.schema import SchemaError
+    from slmlib.train import EmptyDataset
+    return (UsageError, SchemaError, ConfigError, ModelNotFound, SettingsChanged, CannotResume, EmptyDataset,
+            FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from slmlib.bench import EVAL_CONFIGS, VARIANTS  # light: its heavy imports are inside its functions
-    p = argparse.ArgumentParser(prog="python -m slmlib", description=__doc__)
+    p = Parser(prog="python -m slmlib", description=__doc__)
+    p.add_argument("--debug", action="store_true", help="show the whole traceback of an error")
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="execute the notebooks of a profile with papermill into outputs/<run-id>/")
@@ -147,19 +182,19 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--env", choices=("auto", "replay", "stub", "http"), default="auto",
                     help="auto: replay where a task has recordings, the schema stub elsewhere")
     ev.add_argument("--url", help="StableToolBench virtual API server, for --env http")
-    ev.add_argument("--max-steps", type=int, default=10, help="tool calls per episode")
+    ev.add_argument("--max-steps", type=positive, default=10, help="tool calls per episode")
     ev.add_argument("--limit", type=int, default=-1, help="first N tasks; -1 = all")
     ev.add_argument("--judge", choices=("offline", "tooleval"), default="offline")
     ev.add_argument("--judge-model", help="model name at the OpenAI-compatible endpoint (OPENAI_BASE_URL, OPENAI_API_KEY)")
-    ev.add_argument("--batch-size", type=int, default=8)
+    ev.add_argument("--batch-size", type=positive, default=8)
     ev.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; the paper used 0.1")
-    ev.add_argument("--max-new-tokens", type=int, default=256)
+    ev.add_argument("--max-new-tokens", type=positive, default=256)
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     ev.add_argument("--no-key-guard", action="store_true",
                     help="let an Action Input repeat its keys to the token limit (the guard is on by default)")
-    ev.add_argument("--constrain-names", action="store_true",
-                    help="decode the action name only as one of the task's tools or Finish")
+    ev.add_argument("--decoding", choices=("free", "grammar"), default="free",
+                    help="grammar: every step under its task's grammar (tool names, the Action Input's JSON Schema)")
     ev.set_defaults(func=_evaluate)
 
     bench = sub.add_parser("bench", help="speed benchmarks that print ratios against a baseline")
@@ -180,8 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     bt.set_defaults(func=_bench_train)
     be = bench_sub.add_parser("eval", help="batched rollout vs one task at a time")
     be.add_argument("--model", default="smollm2-135m-instruct")
-    be.add_argument("--n-tasks", type=int, default=8)
-    be.add_argument("--batch-size", type=int, default=8)
+    be.add_argument("--n-tasks", type=positive, default=8)
+    be.add_argument("--batch-size", type=positive, default=8)
     be.add_argument("--max-steps", type=int, default=10, help="as evaluate: the paper's budget")
     be.add_argument("--max-new-tokens", type=int, default=256, help="as evaluate")
     be.add_argument("--configs", nargs="+", default=list(EVAL_CONFIGS),
@@ -221,8 +256,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv  # anywhere on the line, before or after the subcommand
+    args = build_parser().parse_args([a for a in argv if a != "--debug"])
+    try:
+        return args.func(args)
+    except Exception as e:
+        if debug or not isinstance(e, user_errors()):
+            raise
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -35,11 +35,29 @@ def metrics_table(run_path: str | Path) -> pd.DataFrame:
         m = json.loads((d / "metrics.json").read_text())
         for group, g in [("overall", m), *m.get("groups", {}).items()]:
             lo, hi = g["pass_rate_ci95"]
-            rows.append({"model": model, "task_set": task_set, "group": group, "n": g["n_tasks"],
+            rows.append({"model": model, "base_model": model.split("+")[0], "decoding": decoding_of(m),
+                         "task_set": task_set, "group": group, "n": g["n_tasks"],
                          "pass_rate": g["pass_rate"], "ci_low": lo, "ci_high": hi,
                          "format_valid_rate": g["format_valid_rate"], "hallucinated_tool_rate": g["hallucinated_tool_rate"],
                          "call_match_rate": g["call_match_rate"], "seconds_per_task": g["seconds_per_task"]})
     return pd.DataFrame(rows)
+
+
+def decoding_of(metrics: dict) -> str:
+    """How an evaluation decoded: ``free`` or ``grammar`` (``names`` for the action-name mask of earlier runs)."""
+    return metrics.get("decoding") or ("names" if metrics.get("constrain_names") else "free")
+
+
+def format_versus_competence(table: pd.DataFrame) -> pd.DataFrame:
+    """Each model decoded freely and under its task's grammar, on the same tasks: pass rate, format-valid steps
+    and call match side by side. Grammar decoding makes every step well-formed, so what a model still fails
+    under it is competence, and the free column's gap to it is what the format costs."""
+    overall = table[table["group"] == "overall"]
+    if overall.empty:
+        return pd.DataFrame()
+    out = overall.pivot_table(index=["task_set", "base_model"], columns="decoding",
+                              values=["pass_rate", "format_valid_rate", "call_match_rate"])
+    return out.reindex(columns=["pass_rate", "format_valid_rate", "call_match_rate"], level=0)
 
 
 def predictions(run_path: str | Path) -> pd.DataFrame:

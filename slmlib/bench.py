@@ -141,10 +141,10 @@ def main(args) -> int:
     return 0
 
 
-# name -> (batched rows, stop at each step's end, reuse each episode's KV cache, constrain action names)
-EVAL_CONFIGS = {"one_at_a_time": (1, False, False, False), "batched": (None, True, False, False),
-                "prefix_reuse": (1, True, True, False), "constrained_names": (1, True, True, True),
-                "batched_constrained": (None, True, False, True)}
+# name -> (batched rows, stop at each step's end, reuse each episode's KV cache, decoding)
+EVAL_CONFIGS = {"one_at_a_time": (1, False, False, "free"), "batched": (None, True, False, "free"),
+                "prefix_reuse": (1, True, True, "free"), "grammar": (1, True, True, "grammar"),
+                "batched_grammar": (None, True, False, "grammar")}
 
 
 def eval_one(spec: dict) -> dict:
@@ -153,9 +153,9 @@ def eval_one(spec: dict) -> dict:
     from slmlib.schema import read_jsonl
     model, tok = models.load(spec["model"])
     tasks = read_jsonl(spec["tasks_file"])
-    rows, early_stop, reuse, constrain = EVAL_CONFIGS[spec["config"]]
+    rows, early_stop, reuse, decoding = EVAL_CONFIGS[spec["config"]]
     dec = rollout.Decoding(max_steps=spec["max_steps"], max_new_tokens=spec["max_new_tokens"],
-                           early_stop=early_stop, reuse_prefix=reuse, constrain_names=constrain, max_context=8192)
+                           early_stop=early_stop, reuse_prefix=reuse, decoding=decoding, max_context=8192)
     t0 = time.perf_counter()
     eps = list(rollout.run(model, tok, tasks, envs.make("replay"), dec, batch_size=rows or spec["batch_size"]))
     wall = time.perf_counter() - t0
@@ -164,6 +164,25 @@ def eval_one(spec: dict) -> dict:
             "steps": sum(len(e.steps) for e in eps), "new_tokens": sum(e.new_tokens for e in eps),
             "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
             "outputs": {e.task["id"]: [s["raw"] for s in e.steps] for e in eps}}
+
+
+def cpu_capability() -> str:
+    import torch
+    return torch.backends.cpu.get_cpu_capability()
+
+
+def all_valid(task: dict, raws: list[str]) -> bool:
+    """Whether every step written parses, names a declared tool or Finish, and fits that tool's schema."""
+    from slmlib import rollout
+    from slmlib.schema import FINISH
+    from slmlib.values import schema_errors
+    tools = {t["name"]: t for t in task["tools"]}
+    for raw in raws:
+        step, _ = rollout.parse_generated(raw)
+        if not isinstance(step, rollout.tbf.Step) or (step.action != FINISH and (
+                step.action not in tools or schema_errors(tools[step.action], step.arguments()))):
+            return False
+    return True
 
 
 def main_eval(args) -> int:
@@ -182,13 +201,19 @@ def main_eval(args) -> int:
             raise RuntimeError(f"bench eval failed:\n{proc.stderr[-3000:]}")
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     base = results[0]
+    valid = [t["id"] for t in tasks if all_valid(t, base["outputs"][t["id"]])]
     print(f"model {args.model}, {len(tasks)} ComplexFuncBench test tasks, replay, greedy, <= {args.max_steps} steps, "
-          f"<= {args.max_new_tokens} new tokens a step, batch {args.batch_size}; baseline {base['config']}")
-    print(f"{'config':18} {'tasks/s':>8} {'s/task':>8} {'steps':>6} {'new tok':>8} {'RSS GB':>7} {'identical':>9} {'speedup':>8}")
+          f"<= {args.max_new_tokens} new tokens a step, batch {args.batch_size}; baseline {base['config']}; "
+          f"CPU {cpu_capability()}")
+    print(f"{'config':18} {'tasks/s':>8} {'s/task':>8} {'steps':>6} {'new tok':>8} {'ms/tok':>7} {'RSS GB':>7} "
+          f"{'identical':>9} {'where valid':>11} {'speedup':>8} {'per token':>9}")
     for r in results:
         same = sum(base["outputs"][k] == r["outputs"].get(k) for k in base["outputs"])
+        same_valid = sum(base["outputs"][k] == r["outputs"].get(k) for k in valid)
+        per_token = 1000 * r["wall_s"] / max(r["new_tokens"], 1)
         print(f"{r['config']:18} {r['tasks_per_s']:8.4f} {r['seconds_per_task']:8.2f} {r['steps']:6d} {r['new_tokens']:8d} "
-              f"{r['peak_rss_gb']:7.2f} {same:>4d}/{len(base['outputs']):<4d} {r['tasks_per_s'] / base['tasks_per_s']:7.2f}x")
+              f"{per_token:7.1f} {r['peak_rss_gb']:7.2f} {same:>4d}/{len(base['outputs']):<4d} {same_valid:>5d}/{len(valid):<5d} "
+              f"{r['tasks_per_s'] / base['tasks_per_s']:7.2f}x {per_token / (1000 * base['wall_s'] / max(base['new_tokens'], 1)):8.2f}x")
     (work / "results.json").write_text(json.dumps(results, indent=2))
     return 0
 

@@ -63,6 +63,9 @@ class TrainConfig:
     logging_steps: int = 10
 
 
+Decoding = Literal["free", "grammar"]
+
+
 @dataclass(frozen=True)
 class EvalConfig:
     temperature: float = 0.0               # 0 = greedy; the paper uses 0.1
@@ -70,8 +73,13 @@ class EvalConfig:
     max_new_tokens: int = 256              # per step
     batch_size: int = 8
     key_guard: bool = True                 # end an Action Input at its first repeated key (slmlib.rollout)
-    constrain_names: bool = False          # action names only from the task's tools and Finish (slmlib.action_names)
+    decoding: Decoding = "free"            # "grammar": every step under its task's grammar (slmlib.grammar)
+    decodings: list[Decoding] = field(default_factory=list)  # every model also evaluated with these; [] = decoding alone
     baselines: list[str] = field(default_factory=lambda: ["smollm2-135m-instruct", "gemma-3-270m"])
+
+    def all_decodings(self) -> list[str]:
+        """The decodings every model is evaluated with, the reported one first."""
+        return [self.decoding, *[d for d in dict.fromkeys(self.decodings) if d != self.decoding]]
 
 
 @dataclass(frozen=True)
@@ -154,6 +162,9 @@ def load(path: str | Path) -> Profile:
     if unused:
         raise ConfigError(f"{path}: 'data.train_limits.{unused[0]}' names a source the profile does not read "
                           f"(its sources: {', '.join([*profile.data.required, *profile.data.optional])})")
+    if profile.eval.decodings and profile.eval.decoding not in profile.eval.decodings:
+        raise ConfigError(f"{path}: 'eval.decodings' {profile.eval.decodings} must include 'eval.decoding' "
+                          f"({profile.eval.decoding!r}), the decoding the run's results are reported with")
     root = Path(profile.data.root)
     if not root.is_absolute():  # relative to the repository, wherever the caller runs
         root = (REPO / root).resolve()

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from slmlib import action_names, encode, envs, judge, memory, models, rollout
+from slmlib import encode, envs, judge, memory, models, rollout
 from slmlib import toolbench_format as tbf
 from slmlib.run import atomic_write_json, atomic_write_text, read_json
 from slmlib.schema import FINISH, assistant_call, read_jsonl
@@ -108,8 +108,9 @@ def step_mode(model, tok, tasks: list[dict], out: Path, dec: rollout.Decoding, b
         chunk = items[b:b + batch_size]
         prompts = [encode.encode(tbf.prompt_segments({**t, "messages": h}), tok, add_eos=False).input_ids for t, h, _, _ in chunk]
         fits = [len(p) + dec.max_new_tokens <= dec.max_context for p in prompts]
-        kept = [(p, action_names.names_of(t)) for p, (t, _, _, _), ok in zip(prompts, chunk, fits) if ok]
-        generated = iter(rollout.generate_steps(model, tok, [p for p, _ in kept], dec, names=[n for _, n in kept])[0] if kept else [])
+        kept = [(p, rollout.task_grammar(t, dec)) for p, (t, _, _, _), ok in zip(prompts, chunk, fits) if ok]
+        grammars = [g.text for _, g in kept] if dec.decoding == "grammar" else None
+        generated = iter(rollout.generate_steps(model, tok, [p for p, _ in kept], dec, grammars=grammars)[0] if kept else [])
         texts = [next(generated) if ok else "" for ok in fits]  # a prompt beyond the window counts as a failed step
         for (task, _, gold, position), text in zip(chunk, texts):
             parsed, guarded = rollout.parse_generated(text)
@@ -192,20 +193,20 @@ def evaluate(model: str, tasks_file: str | Path, out_dir: str | Path, *, adapter
              mode: str = "episode", env: str = "auto", url: str | None = None, max_steps: int = 10,
              limit: int = -1, judge_name: str = "offline", batch_size: int = 8, temperature: float = 0.0,
              max_new_tokens: int = 256, seed: int = 0, dtype: str = "float32", judge_model: str | None = None,
-             key_guard: bool = True, constrain_names: bool = False) -> dict[str, Any]:
+             key_guard: bool = True, decoding: str = "free") -> dict[str, Any]:
     tasks = read_jsonl(tasks_file)  # a malformed file stops here, before any model loads
     if limit >= 0:
         tasks = tasks[:limit]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     dec = rollout.Decoding(max_steps=max_steps, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
-                           key_guard=key_guard, constrain_names=constrain_names)
+                           key_guard=key_guard, decoding=decoding)
     if mode == "step":
         mdl, tok = load_model(model, adapter, dtype)
         dec.max_context = context_window(mdl)
         return step_mode(mdl, tok, tasks, out, dec, batch_size)
     settings = {"env": env, "max_steps": max_steps, "max_new_tokens": max_new_tokens, "temperature": temperature,
-                "seed": seed, "dtype": dtype, "key_guard": key_guard, "constrain_names": constrain_names}
+                "seed": seed, "dtype": dtype, "key_guard": key_guard, "decoding": decoding}
     preds = out / "predictions.jsonl"
     skip = done_ids(preds)
     keep_settings(out, settings, resuming=bool(skip))  # before the model loads: other settings stop at once
@@ -235,9 +236,12 @@ def evaluate(model: str, tasks_file: str | Path, out_dir: str | Path, *, adapter
 
 
 def evaluate_run(profile, run_path: str | Path) -> dict[str, dict[str, dict]]:
-    """The fine-tuned model of a run and the profile's baselines on every test set the run prepared.
+    """The fine-tuned model of a run and the profile's baselines on every test set the run prepared,
+    with every decoding the profile asks for.
 
-    Writes ``<run>/eval/<model label>/<task set>/``; returns their metrics by label and task set.
+    Writes ``<run>/eval/<model label>/<task set>/`` for the profile's ``eval.decoding`` and
+    ``<run>/eval/<model label>+<decoding>/<task set>/`` for each other one; returns their metrics by
+    label and task set.
     """
     run = Path(run_path)
     trained = run / "train" / "model"
@@ -248,12 +252,14 @@ def evaluate_run(profile, run_path: str | Path) -> dict[str, dict[str, dict]]:
                            str(trained) if lora else None))
     contenders += [(name, name, None) for name in profile.eval.baselines]
     results: dict[str, dict[str, dict]] = {}
-    for label, model, adapter in contenders:
-        for task_file in sorted(run.glob("data/test_*.jsonl")):
-            task_set = task_file.stem.removeprefix("test_")
-            results.setdefault(label, {})[task_set] = evaluate(
-                model, task_file, run / "eval" / label / task_set, adapter=adapter, max_steps=profile.eval.max_steps,
-                batch_size=profile.eval.batch_size, temperature=profile.eval.temperature,
-                max_new_tokens=profile.eval.max_new_tokens, seed=profile.seed, key_guard=profile.eval.key_guard,
-                constrain_names=profile.eval.constrain_names)
+    for decoding in profile.eval.all_decodings():
+        for label, model, adapter in contenders:
+            label += "" if decoding == profile.eval.decoding else f"+{decoding}"
+            for task_file in sorted(run.glob("data/test_*.jsonl")):
+                task_set = task_file.stem.removeprefix("test_")
+                results.setdefault(label, {})[task_set] = evaluate(
+                    model, task_file, run / "eval" / label / task_set, adapter=adapter, max_steps=profile.eval.max_steps,
+                    batch_size=profile.eval.batch_size, temperature=profile.eval.temperature,
+                    max_new_tokens=profile.eval.max_new_tokens, seed=profile.seed, key_guard=profile.eval.key_guard,
+                    decoding=decoding)
     return results

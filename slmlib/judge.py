@@ -171,6 +171,7 @@ def metrics(records: list[dict]) -> dict[str, Any]:
             "seconds_per_task": seconds / n if n else 0.0,
             "tokens_per_second": sum(r["new_tokens"] for r in rs) / seconds if seconds else 0.0,
             "error_labels": dict(Counter(r["verdict"]["label"] for r in rs if r["verdict"]["label"])),
+            "grammar_fallback_tasks": sum(bool(r.get("grammar_fallbacks")) for r in rs),  # tools whose schema did not compile
         }
     groups = sorted({r["group"] for r in records})
     return {**agg(records), "groups": {g: agg([r for r in records if r["group"] == g]) for g in groups}}

@@ -6,7 +6,7 @@ step stops as soon as its Action Input is a complete JSON object (or the model s
 turn, or ends the sequence) instead of running to the token limit. The repeated-key guard ends an
 Action Input at its first repeated top-level key and closes the object there; such steps are marked
 ``"guard": "repeated_key"`` in the predictions and counted in the metrics. With
-``Decoding.constrain_names`` the action name is decoded under :mod:`slmlib.action_names`' mask.
+``Decoding.decoding = "grammar"`` every step is decoded under its task's grammar (:mod:`slmlib.grammar`).
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from typing import Any, Iterable, Iterator
 import torch
 from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
-from slmlib import action_names, encode, judge
+from slmlib import encode, grammar, judge
 from slmlib import toolbench_format as tbf
 from slmlib.errors import ErrorLabel
 from slmlib.schema import FINISH
@@ -133,6 +133,7 @@ class Episode:
     new_tokens: int = 0
     seconds: float = 0.0
     prefix: PrefixCache | None = None  # the KV cache of its conversation, when steps run one at a time
+    grammar: grammar.TaskGrammar | None = None  # its step grammar, under grammar decoding
 
     def state(self) -> dict:
         return {**self.task, "messages": self.messages}
@@ -148,7 +149,7 @@ class Decoding:
     early_stop: bool = True      # stop each row at its step's end (off: run to the token limit, then cut)
     reuse_prefix: bool = True    # at batch size 1, keep each episode's KV cache from step to step
     key_guard: bool = True       # end an Action Input at its first repeated top-level key and close it
-    constrain_names: bool = False  # the action name can only be a declared tool's or Finish (slmlib.action_names)
+    decoding: str = "free"       # "grammar": every step under its task's grammar (slmlib.grammar)
 
 
 class PrefixCache:
@@ -177,11 +178,11 @@ class PrefixCache:
 
 
 def generate_steps(model, tokenizer, prompts: list[list[int]], dec: Decoding, cache: PrefixCache | None = None,
-                   names: list[list[str]] | None = None) -> tuple[list[str], list[int]]:
+                   grammars: list[str] | None = None) -> tuple[list[str], list[int]]:
     """Left-padded batch generation; returns each row's text up to its step end and its token count.
 
     With ``cache`` (one prompt only) the prefix it shares with the episode's previous step is reused.
-    With ``dec.constrain_names``, ``names`` holds each row's allowed action names.
+    With ``grammars`` (grammar decoding), each row is decoded under its own grammar.
     """
     if cache is not None and len(prompts) != 1:
         raise ValueError("a prefix cache serves a batch of one")
@@ -194,8 +195,8 @@ def generate_steps(model, tokenizer, prompts: list[list[int]], dec: Decoding, ca
         kwargs["temperature"] = dec.temperature
     if dec.early_stop:
         kwargs["stopping_criteria"] = StoppingCriteriaList([StopAtStepEnd(tokenizer, width, dec.key_guard)])
-    if dec.constrain_names:
-        kwargs["logits_processor"] = LogitsProcessorList([action_names.ActionNameConstraint(tokenizer, width, names)])
+    if grammars is not None:
+        kwargs["logits_processor"] = LogitsProcessorList([grammar.GrammarConstraint(tokenizer, width, grammars)])
     if cache is not None:
         kwargs["cache"] = cache.prepare(prompts[0])
     with torch.no_grad():
@@ -261,7 +262,7 @@ def run(model, tokenizer, tasks: Iterable[dict], env, dec: Decoding, batch_size:
             if task is None:
                 break
             active.append(Episode(task, copy.deepcopy(task["messages"]), dec.max_steps,
-                                  prefix=PrefixCache() if reuse else None))
+                                  prefix=PrefixCache() if reuse else None, grammar=task_grammar(task, dec)))
         if not active:
             return
         prompts, ready = [], []
@@ -275,7 +276,7 @@ def run(model, tokenizer, tasks: Iterable[dict], env, dec: Decoding, batch_size:
         if ready:
             t0 = time.perf_counter()
             texts, counts = generate_steps(model, tokenizer, prompts, dec, cache=ready[0].prefix if len(ready) == 1 else None,
-                                           names=[action_names.names_of(ep.task) for ep in ready])
+                                           grammars=[ep.grammar.text for ep in ready] if dec.decoding == "grammar" else None)
             share = (time.perf_counter() - t0) / len(ready)
             for ep, text, n in zip(ready, texts, counts):
                 ep.seconds += share
@@ -291,8 +292,15 @@ def run(model, tokenizer, tasks: Iterable[dict], env, dec: Decoding, batch_size:
         active = still
 
 
+def task_grammar(task: dict, dec: Decoding) -> grammar.TaskGrammar | None:
+    return grammar.for_task(task, dec.max_new_tokens) if dec.decoding == "grammar" else None
+
+
 def episode_record(ep: Episode) -> dict:
     """What ``predictions.jsonl`` keeps of an episode (the verdict is added by the judge)."""
-    return {"id": ep.task["id"], "group": ep.task["group"], "steps": ep.steps, "finish": ep.finish,
-            "failure": list(ep.failure) if ep.failure else None, "new_tokens": ep.new_tokens,
-            "seconds": round(ep.seconds, 3), "messages": ep.messages}
+    record = {"id": ep.task["id"], "group": ep.task["group"], "steps": ep.steps, "finish": ep.finish,
+              "failure": list(ep.failure) if ep.failure else None, "new_tokens": ep.new_tokens,
+              "seconds": round(ep.seconds, 3), "messages": ep.messages}
+    if ep.grammar is not None and ep.grammar.fallbacks:
+        record["grammar_fallbacks"] = ep.grammar.fallbacks  # tools decoded with any JSON object as input
+    return record

@@ -1,13 +1,13 @@
 import http.server
 import json
+import os
 import subprocess
 import sys
 import threading
 
 import pytest
-import torch
 
-from slmlib import action_names, envs, judge, rollout, schema, tooleval
+from slmlib import envs, judge, rollout, schema, tooleval
 from slmlib.errors import ErrorLabel
 from slmlib.evaluate import SettingsChanged, evaluate, step_metrics
 
@@ -130,46 +130,10 @@ def test_prefix_cache_reuses_the_shared_prefix_and_changes_nothing(tiny):
         rollout.generate_steps(model, tok, [first, first], dec, cache=cache)
 
 
-STB_NAMES = ["posts_for_instagram_reels_and_post_downloader", "stories_for_instagram_reels_and_post_downloader", "Finish"]
-
-
-def test_a_constrained_name_stays_on_course_for_a_declared_one(smol_tokenizer):
-    texts = action_names.token_texts(smol_tokenizer)
-    assert action_names.allowed_tokens("Thought: get the reels", STB_NAMES, texts) is None  # no action yet
-    first = action_names.allowed_tokens("Thought: get the reels\nAction:", STB_NAMES, texts)
-    firsts = {smol_tokenizer.decode([i]) for i in first}
-    assert {" posts", " stories", " Finish"} <= firsts and not firsts & {" inst", " finish", " Posts"}
-    assert all(t.startswith(" ") for t in firsts)
-    # follow the longest allowed token each time: the walk spells a declared name and its line end
-    text = "Thought: x\nAction:"
-    while (allowed := action_names.allowed_tokens(text, STB_NAMES, texts)) is not None:
-        text += max((smol_tokenizer.decode([i]) for i in allowed), key=len)
-    name = text.split("\nAction:")[1]
-    assert name.split("\n")[0].strip() in STB_NAMES and "\n" in name
-    assert action_names.allowed_tokens(text + ' {"a"', STB_NAMES, texts) is None  # the Action Input is free
-
-
-def test_generation_under_the_constraint_writes_a_declared_name():
-    from transformers import LogitsProcessorList
-    from slmlib import models
-    model, tok = models.load("smollm2-135m-instruct")
-    prompt = tok("List the posts of an Instagram reel.\n", add_special_tokens=False).input_ids
-    started = tok("Thought: I will look it up.\nAction:", add_special_tokens=False).input_ids
-    names = [["zq_lookup_7", "Finish"], ["wx_other_tool", "Finish"]]
-    ids = torch.tensor([prompt + started] * 2)
-    free = model.generate(input_ids=ids, max_new_tokens=8, do_sample=False)
-    constrained = model.generate(input_ids=ids, max_new_tokens=8, do_sample=False, logits_processor=LogitsProcessorList(
-        [action_names.ActionNameConstraint(tok, len(prompt), names)]))
-    for row, allowed in enumerate(names):
-        written = tok.decode(constrained[row, len(prompt) + len(started):]).split("\n")[0].strip()
-        assert written in allowed, written
-    assert not any(tok.decode(free[0, len(prompt) + len(started):]).strip().startswith(n) for n in names[0])
-
-
 def scripted(monkeypatch, outputs):
     """Feed the rollout loop fixed model outputs, to check the loop's bookkeeping exactly."""
     script = iter(outputs)
-    monkeypatch.setattr(rollout, "generate_steps", lambda model, tok, prompts, dec, cache=None, names=None:
+    monkeypatch.setattr(rollout, "generate_steps", lambda model, tok, prompts, dec, cache=None, grammars=None:
                         ([next(script) for _ in prompts], [5] * len(prompts)))
 
 
@@ -192,16 +156,21 @@ def test_rollout_loop_acts_observes_and_finishes(monkeypatch, tiny):
     assert judge.judge(t, rec)["passed"]
 
 
-def test_each_row_is_constrained_to_its_own_tasks_names(monkeypatch, tiny):
+def test_each_row_is_decoded_under_its_own_tasks_grammar(monkeypatch, tiny):
     seen = []
 
-    def generate(model, tok, prompts, dec, cache=None, names=None):
-        seen.append(names if dec.constrain_names else None)
+    def generate(model, tok, prompts, dec, cache=None, grammars=None):
+        seen.append(grammars)
         return [FINISH_20C] * len(prompts), [5] * len(prompts)
     monkeypatch.setattr(rollout, "generate_steps", generate)
     news_only = {**task(), "id": "t2", "tools": [NEWS]}
-    list(rollout.run(*tiny, [task(), news_only], envs.make("stub"), rollout.Decoding(constrain_names=True), batch_size=2))
-    assert seen == [[["get_weather", "get_news", "Finish"], ["get_news", "Finish"]]]
+    list(rollout.run(*tiny, [task(), news_only], envs.make("stub"), rollout.Decoding(decoding="grammar"), batch_size=2))
+    (both,) = seen
+    assert '"get_weather\\nAction Input: "' in both[0] and '"get_weather\\nAction Input: "' not in both[1]
+    assert all('"get_news\\nAction Input: "' in g and '"Finish\\nAction Input: "' in g for g in both)
+    seen.clear()
+    list(rollout.run(*tiny, [task()], envs.make("stub"), rollout.Decoding(), batch_size=1))
+    assert seen == [None]  # free decoding: no grammar at all
 
 
 def test_guarded_step_is_acted_on_and_counted(monkeypatch, tiny):
@@ -277,8 +246,8 @@ def test_evaluate_real_tiny_model_resumes_and_classifies(tmp_path, data_root):
     m4 = evaluate("no-such-model", tmp_path / "tasks.jsonl", out, max_steps=2, max_new_tokens=24, batch_size=2)
     assert m4 == {**m3, "model": "no-such-model"}
     # resuming these episodes with other decoding settings would mix two experiments in one file
-    with pytest.raises(SettingsChanged, match="constrain_names: False then, True now; max_steps: 2 then, 3 now"):
-        evaluate("no-such-model", tmp_path / "tasks.jsonl", out, max_steps=3, max_new_tokens=24, constrain_names=True)
+    with pytest.raises(SettingsChanged, match="decoding: 'free' then, 'grammar' now; max_steps: 2 then, 3 now"):
+        evaluate("no-such-model", tmp_path / "tasks.jsonl", out, max_steps=3, max_new_tokens=24, decoding="grammar")
     assert (out / "predictions.jsonl").read_text().splitlines() == again
     for line in lines:  # a random model's output is a classified failure, never an exception
         assert json.loads(line)["verdict"]["label"] in {e.value for e in ErrorLabel}
@@ -292,12 +261,33 @@ def test_evaluate_real_tiny_model_resumes_and_classifies(tmp_path, data_root):
     assert 0 <= metrics["pass_rate"] <= 1 and set(metrics["groups"]) <= {"single_domain", "cross_domain"}
 
 
-def test_malformed_task_file_stops_before_the_model_loads(tmp_path):
+def slmlib_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "slmlib", *args], capture_output=True, text=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+def test_a_users_mistake_is_one_line_and_status_2(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "x", "group": "g", "tools": [], "messages": []}\n')
-    proc = subprocess.run([sys.executable, "-m", "slmlib", "evaluate", "--model", "no-such-model", "--tasks", str(bad),
-                           "--out", str(tmp_path / "o")], capture_output=True, text=True)
-    assert proc.returncode != 0 and "bad.jsonl:1: field 'messages'" in proc.stderr and "no-such-model" not in proc.stderr
+    good = tmp_path / "good.jsonl"
+    good.write_text(json.dumps(task()) + "\n")
+    out = str(tmp_path / "o")
+    cases = {  # the command line -> what its one line must name
+        ("evaluate", "--model", "no-such-model", "--tasks", str(bad), "--out", out): "bad.jsonl:1: field 'messages'",
+        ("evaluate", "--model", "no-such-model", "--tasks", str(good), "--out", out + "2"): "'no-such-model' is not an embedded model",
+        ("evaluate", "--model", "tiny-opt", "--tasks", str(tmp_path / "nope.jsonl"), "--out", out): "nope.jsonl",
+        ("evaluate", "--model", "tiny-opt", "--tasks", str(good), "--out", out, "--decoding", "fancy"): "--decoding: invalid choice: 'fancy'",
+        ("evaluate", "--model", "tiny-opt", "--tasks", str(good), "--out", out, "--batch-size", "0"): "--batch-size: must be at least 1",
+        ("run", "--params", str(tmp_path / "nope.yaml")): "nope.yaml",
+        ("run", "--from", "03_evaluation"): "--from re-executes part of a run",
+    }
+    for args, named in cases.items():
+        proc = slmlib_cli(*args)
+        problem = [line for line in proc.stderr.splitlines() if not line.startswith(("INFO ", "WARNING "))]
+        assert proc.returncode == 2 and len(problem) == 1 and named in problem[0], (args, proc.stderr)
+    debug = slmlib_cli("evaluate", "--model", "no-such-model", "--tasks", str(bad), "--out", out, "--debug")
+    assert debug.returncode != 0 and "Traceback" in debug.stderr and "SchemaError" in debug.stderr
+    assert not (tmp_path / "o").exists()  # a bad task file stops before anything is written
 
 
 class Handler(http.server.BaseHTTPRequestHandler):

@@ -24,7 +24,7 @@ def test_paper_profile_has_the_papers_recipe():
     assert (t.per_device_batch_size, t.gradient_accumulation, t.max_grad_norm, t.weight_decay) == (8, 4, 0.3, 0.01)
     assert t.precision == "fp16" and t.gradient_checkpointing
     paper_eval = config.load(REPO / "params" / "paper.yaml").eval
-    assert paper_eval.temperature == 0.1 and not paper_eval.constrain_names  # the paper decodes freely
+    assert paper_eval.temperature == 0.1 and paper_eval.all_decodings() == ["free"]  # the paper decodes freely
 
 
 def test_unknown_key_names_key_and_file(tmp_path):

@@ -42,15 +42,22 @@ def test_training_evaluation_and_results_metrics(smoke_run):
     m = json.loads((smoke_run / "metrics.json").read_text())
     assert m["train"]["steps"] == 4 and m["train"]["final_loss"] > 0 and m["train"]["device"] == "cpu"
     assert (smoke_run / "train" / "model" / "README.md").is_file()
-    (label,) = m["eval"]
-    assert label == "tiny-opt-sft" and set(m["eval"][label]) == {"complexfuncbench", "stabletoolbench"}
+    label = "tiny-opt-sft"  # the profile's decoding (grammar); the other one beside it
+    assert set(m["eval"]) == {label, f"{label}+free"}
+    assert set(m["eval"][label]) == set(m["eval"][f"{label}+free"]) == {"complexfuncbench", "stabletoolbench"}
     cfb = m["eval"][label]["complexfuncbench"]
     assert cfb["n_tasks"] == 8 and 0 <= cfb["pass_rate"] <= cfb["pass_rate_ci95"][1] <= 1
     assert 0 <= cfb["format_valid_rate"] <= 1 and cfb["seconds_per_task"] > 0
-    eval_dir = smoke_run / "eval" / label / "complexfuncbench"
-    assert read_json(eval_dir / "metrics.json")["constrain_names"] and read_json(eval_dir / "settings.json")["constrain_names"]
-    assert sum(m["errors"].get(label, {}).values()) <= 32
-    assert set(m["results"]) == {f"{label}/complexfuncbench", f"{label}/stabletoolbench"}
+    for name, decoding in ((label, "grammar"), (f"{label}+free", "free")):
+        eval_dir = smoke_run / "eval" / name / "complexfuncbench"
+        assert read_json(eval_dir / "metrics.json")["decoding"] == read_json(eval_dir / "settings.json")["decoding"] == decoding
+        assert sum(m["errors"].get(name, {}).values()) <= 32
+    assert read_json(smoke_run / "eval" / label / "stabletoolbench" / "metrics.json")["grammar_fallback_tasks"] == 0
+    assert set(m["results"]) == {f"{name}/{s}" for name in (label, f"{label}+free") for s in ("complexfuncbench", "stabletoolbench")}
+    nb = nbformat.read(smoke_run / "05_results.ipynb", as_version=4)
+    (table,) = [o["data"]["text/html"] for c in nb.cells if "format_versus_competence" in c.source for o in c.outputs
+                if "text/html" in o.get("data", {})]
+    assert "grammar" in table and "free" in table and "tiny-opt-sft" in table
     for name in ("training_curves", "error_breakdown", "pass_rate_complexfuncbench", "call_quality", "speed_cost"):
         assert (smoke_run / f"{name}.png").stat().st_size > 5_000, name
 
@@ -93,6 +100,7 @@ def test_results_export_matches_the_run_and_is_not_overwritten(smoke_run, tmp_pa
     lo, hi = cfb["pass_rate_ci95"]
     assert f"| tiny-opt-sft | complexfuncbench | 8 | {100 * cfb['pass_rate']:.1f}% [{100 * lo:.1f}%, {100 * hi:.1f}%] |" in readme
     assert f"python -m slmlib results {smoke_run}" in readme and "make run PROFILE=smoke" in readme
+    assert "## Format versus competence" in readme and "| tiny-opt-sft | complexfuncbench |" in readme.split("## Format versus")[1]
     assert (out / "profile.yaml").read_text() == (REPO / "params" / "smoke.yaml").read_text()
     html_text = (out / "05_results.html").read_text()
     assert "data:image/png;base64" in html_text and "Pass rate by group" in html_text

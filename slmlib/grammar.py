@@ -1,0 +1,214 @@
+"""Grammar-constrained decoding: every step written under its task's grammar (llguidance).
+
+A task's grammar admits exactly one well-formed ToolBench step and nothing after it::
+
+    \\nThought: <one line, at most THOUGHT_TOKENS tokens>
+    Action: <one of the task's tool names, or Finish>
+    Action Input: <a JSON object valid under that tool's parameters schema>
+
+Tool schemas are normalised first (:func:`normalise`): types mapped to JSON Schema's, keywords
+the engine does not need dropped, undeclared keys forbidden, strings and arrays bounded, so a
+weak model cannot write an endless argument. A tool whose schema llguidance still rejects keeps
+its name but takes any JSON object (:data:`ANY_OBJECT`); the task is then a *fallback*, counted
+in the metrics and named in the log, never a crash.
+
+:class:`GrammarConstraint` is the ``transformers`` ``LogitsProcessor``: one ``LLMatcher`` per
+batch row, each fed the row's last token before the next masks are filled (in parallel, by one
+``LLExecutor``). Only masks are computed, nothing is forced, so the model may reach a literal
+such as ``\\nAction: `` through any tokenization, including the ones it was trained on.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import LogitsProcessor
+
+from slmlib import toolbench_format as tbf
+from slmlib.schema import FINISH
+
+log = logging.getLogger(__name__)
+
+THOUGHT_TOKENS = 96     # p90 of the training thoughts is ~130 tokens; the step's whole budget is 256 by default
+STRING_CHARS = 256      # the longest argument string in the training mix has 153 characters
+ANSWER_CHARS = 400      # a final answer of ~100 tokens leaves room for the thought within 256 new tokens
+ARRAY_ITEMS = 16        # the longest argument array in the training mix has 8 items
+# The JSON's whitespace: room for ToolBench's indented objects ('{\n  "a": 1\n}'), none for a loop of it.
+JSON_OPTIONS = {"whitespace_pattern": r"[\x20\x0A]{0,6}", "lenient": True}
+
+# Type names met in tool definitions (ToolBench writes 'NUMBER', 'STRING', ...), lower-cased -> JSON Schema's.
+TYPES = {"string": "string", "str": "string", "text": "string", "date": "string", "time": "string",
+         "datetime": "string", "enum": "string", "number": "number", "float": "number", "double": "number",
+         "integer": "integer", "int": "integer", "long": "integer", "boolean": "boolean", "bool": "boolean",
+         "array": "array", "list": "array", "object": "object", "dict": "object", "null": "null"}
+PYTHON_TYPES = {"string": str, "number": (int, float), "integer": int, "boolean": bool, "array": list, "object": dict,
+                "null": type(None)}
+ANY_OBJECT = {"type": "object"}
+FINISH_SCHEMA = {"type": "object", "properties": {
+    "return_type": {"type": "string", "enum": ["give_answer", "give_up_and_restart"]},
+    "final_answer": {"type": "string", "maxLength": ANSWER_CHARS}},
+    "required": ["return_type", "final_answer"], "additionalProperties": False}
+
+
+def _type(raw: Any) -> str | list[str] | None:
+    names = raw if isinstance(raw, list) else [raw]
+    known = sorted({TYPES[n.lower()] for n in names if isinstance(n, str) and n.lower() in TYPES})
+    return None if not known else known[0] if len(known) == 1 else known
+
+
+def _fits(value: Any, json_type: str | list[str]) -> bool:
+    kinds = json_type if isinstance(json_type, list) else [json_type]
+    return any(isinstance(value, PYTHON_TYPES[k]) and not (k != "boolean" and isinstance(value, bool)) for k in kinds)
+
+
+def normalise(schema: Any, top: bool = False) -> dict:
+    """A schema llguidance compiles and that bounds what a model can write; ``top``: a tool's parameters."""
+    if not isinstance(schema, dict):
+        return {"type": "object", "properties": {}, "additionalProperties": False} if top else {}
+    out: dict[str, Any] = {}
+    json_type = "object" if top else _type(schema.get("type"))
+    enum = schema.get("enum")
+    if isinstance(enum, list) and enum and all(isinstance(v, (str, int, float, bool)) or v is None for v in enum):
+        out["enum"] = enum
+        if json_type is not None and not all(_fits(v, json_type) for v in enum):
+            json_type = None  # the values say more than a mismatched type name
+    if json_type is not None:
+        out["type"] = json_type
+    kinds = set(json_type) if isinstance(json_type, list) else {json_type}
+    props = schema.get("properties")
+    if "object" in kinds and (top or isinstance(props, dict)):
+        props = {k: normalise(v) for k, v in (props or {}).items() if isinstance(k, str)}
+        out["properties"] = props
+        required = schema.get("required")
+        if isinstance(required, list):
+            out["required"] = list(dict.fromkeys(k for k in required if k in props))
+        out["additionalProperties"] = False
+    if "array" in kinds:
+        if isinstance(schema.get("items"), dict):
+            out["items"] = normalise(schema["items"])
+        out["maxItems"] = ARRAY_ITEMS
+    if "string" in kinds and "enum" not in out:
+        out["maxLength"] = STRING_CHARS
+    if kinds & {"number", "integer"}:
+        for bound in ("minimum", "maximum"):
+            if isinstance(schema.get(bound), (int, float)) and not isinstance(schema.get(bound), bool):
+                out[bound] = schema[bound]
+    return out
+
+
+def _json(schema: dict) -> str:
+    return "%json " + json.dumps({**schema, "x-guidance": JSON_OPTIONS})
+
+
+def _literal(text: str) -> str:
+    return json.dumps(text)  # a Lark string literal: the same escapes as JSON's
+
+
+def lark(alternatives: list[tuple[str, dict]], thought_tokens: int = THOUGHT_TOKENS) -> str:
+    """The Lark grammar of one step with these ``(action name, Action Input schema)`` choices."""
+    calls = "\n     | ".join(f"{_literal(name + tbf.ACTION_INPUT)} {_json(schema)}" for name, schema in alternatives)
+    return (f"start: {_literal(tbf.THOUGHT)} thought {_literal(tbf.ACTION)} call\n"
+            f"thought[max_tokens={thought_tokens}]: /[^\\n]*/\n"
+            f"call: {calls}\n")
+
+
+@functools.cache
+def _problem(grammar: str) -> str:
+    """llguidance's complaint about a grammar, '' when it compiles (a bad grammar does not raise)."""
+    import llguidance
+    return llguidance.LLMatcher.validate_grammar(grammar)
+
+
+@dataclass(frozen=True)
+class TaskGrammar:
+    text: str
+    fallbacks: dict[str, str] = field(default_factory=dict)  # tool name -> why it takes any JSON object
+
+
+def for_task(task: dict, max_new_tokens: int = 256) -> TaskGrammar:
+    """The task's step grammar; a tool whose schema does not compile takes any object (and is reported).
+
+    The thought gets at most a third of the step's token budget, so the call after it has room.
+    """
+    thought_tokens = max(1, min(THOUGHT_TOKENS, max_new_tokens // 3))
+    alternatives, fallbacks = [], {}
+    for tool in task["tools"]:
+        schema = normalise(tool.get("parameters"), top=True)
+        problem = _problem(lark([(tool["name"], schema)]))
+        if problem:
+            fallbacks[tool["name"]] = problem.splitlines()[0][:200]
+            schema = ANY_OBJECT
+        alternatives.append((tool["name"], schema))
+    alternatives.append((FINISH, FINISH_SCHEMA))
+    text = lark(alternatives, thought_tokens)
+    problem = _problem(text)
+    if problem:  # e.g. a name that cannot be a literal: the names alone, each with any object
+        fallbacks["*"] = problem.splitlines()[0][:200]
+        text = lark([(name, ANY_OBJECT) for name, _ in alternatives[:-1]] + [(FINISH, FINISH_SCHEMA)], thought_tokens)
+    if fallbacks:
+        log.warning("task %s: schema grammar fell back to any JSON object for %s", task.get("id"), fallbacks)
+    return TaskGrammar(text, fallbacks)
+
+
+@functools.lru_cache(maxsize=4)
+def ll_tokenizer(tokenizer):
+    """llguidance's view of a tokenizer (about a second to build, so once per tokenizer)."""
+    import llguidance.hf
+    return llguidance.hf.from_tokenizer(tokenizer, eos_token=tokenizer.eos_token_id)
+
+
+@functools.cache
+def _executor():
+    import llguidance
+    return llguidance.LLExecutor()
+
+
+BITS = torch.arange(32, dtype=torch.int32)
+
+
+class GrammarConstraint(LogitsProcessor):
+    """Masks each row's logits to what its grammar allows next; ``grammars[row]`` is that row's grammar text.
+
+    A row whose step is complete (its matcher accepts) and that ``generate`` goes on padding is left
+    alone; a token its grammar rejected otherwise is counted in ``rejected`` and frees that row.
+    """
+
+    def __init__(self, tokenizer, prompt_len: int, grammars: list[str]):
+        import llguidance
+        import llguidance.torch as llt
+        self.lltok = ll_tokenizer(tokenizer)
+        self.matchers = [llguidance.LLMatcher(self.lltok, g) for g in grammars]
+        self.prompt_len = prompt_len
+        self.free = [m.is_error() for m in self.matchers]
+        self.rejected = 0
+        self.mask = llt.allocate_token_bitmask(len(grammars), self.lltok.vocab_size)
+        self._fill = llt.fill_next_token_bitmask_par
+
+    def _consume(self, tokens: list[int]) -> None:
+        for row, (m, token) in enumerate(zip(self.matchers, tokens)):
+            if self.free[row]:
+                continue
+            accepting = m.is_accepting()
+            if m.is_stopped() or not m.consume_token(token):
+                self.free[row] = True
+                if not accepting:
+                    self.rejected += 1
+                    log.warning("grammar rejected token %d in row %d: %s", token, row, m.get_error())
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if input_ids.shape[1] > self.prompt_len:
+            self._consume(input_ids[:, -1].tolist())
+        rows = [row for row, free in enumerate(self.free) if not free]
+        if not rows:
+            return scores
+        self._fill(_executor(), [(self.matchers[r], r) for r in rows], self.mask)
+        allowed = ((self.mask[rows, :, None] >> BITS) & 1).bool().reshape(len(rows), -1)
+        width = min(allowed.shape[1], scores.shape[1])
+        blocked = torch.ones((len(rows), scores.shape[1]), dtype=torch.bool)
+        blocked[:, :width] = ~allowed[:, :width]
+        scores[rows] = scores[rows].masked_fill(blocked.to(scores.device), float("-inf"))
+        return scores

@@ -1,0 +1,143 @@
+"""Grammar-constrained decoding (slmlib.grammar): every task's grammar compiles, and what a model
+writes under it is always one well-formed step that calls a declared tool with schema-valid input."""
+import json
+
+import jsonschema
+import pytest
+import torch
+from transformers import LogitsProcessorList
+
+from slmlib import data, envs, grammar, judge, rollout
+from slmlib import toolbench_format as tbf
+from slmlib.schema import FINISH
+
+SOURCES = [("complexfuncbench", "test"), ("stabletoolbench", "train"), ("glaive", "train"), ("apibank", "train"),
+           ("toolrl", "train")]
+
+
+def test_every_real_task_grammar_compiles(data_root, smol_tokenizer):
+    """The ComplexFuncBench test split, all 765 StableToolBench queries, the glaive / API-Bank / ToolRL conversions."""
+    import llguidance
+    lltok = grammar.ll_tokenizer(smol_tokenizer)
+    counts, fallbacks = {}, {}
+    for source, split in SOURCES:
+        tasks = list(data.load(source, data_root, split))
+        for t in tasks:
+            g = grammar.for_task(t)
+            if g.fallbacks:
+                fallbacks[t["id"]] = g.fallbacks
+            matcher = llguidance.LLMatcher(lltok, g.text)
+            assert not matcher.is_error(), (t["id"], matcher.get_error())
+        counts[source] = len(tasks)
+    print(f"grammars compiled: {counts}; fell back to any JSON object: {len(fallbacks)} {fallbacks}")
+    assert counts == {"complexfuncbench": 200, "stabletoolbench": 765, "glaive": 650, "apibank": 1245, "toolrl": 400}
+    assert fallbacks == {}  # once normalised, every real schema compiles (0 of 3,260 tasks fall back)
+
+
+def test_messy_schemas_are_normalised():
+    toolbench_like = {"type": "object", "properties": {
+        "limit": {"type": "NUMBER", "description": "how many", "example_value": "10"},
+        "q": {"type": "STRING", "format": "no-such-format"},
+        "kind": {"type": "string", "enum": [1, 2]},
+        "tags": {"type": "ARRAY", "items": {"type": "Str"}},
+        "opts": {"type": "object", "properties": {"deep": {"type": "BOOLEAN"}}},
+        "odd": {"type": "WHATEVER"}},
+        "required": ["q", "q", "gone"], "optional": ["limit"]}
+    n = grammar.normalise(toolbench_like, top=True)
+    p = n["properties"]
+    assert p["limit"] == {"type": "number"} and p["q"] == {"type": "string", "maxLength": grammar.STRING_CHARS}
+    assert p["kind"] == {"enum": [1, 2]}  # the values, not a type name they contradict
+    assert p["tags"] == {"type": "array", "items": {"type": "string", "maxLength": grammar.STRING_CHARS},
+                         "maxItems": grammar.ARRAY_ITEMS}
+    assert p["opts"] == {"type": "object", "properties": {"deep": {"type": "boolean"}}, "additionalProperties": False}
+    assert p["odd"] == {}
+    assert n["required"] == ["q"] and n["additionalProperties"] is False and "optional" not in n
+    assert grammar.normalise(None, top=True) == {"type": "object", "properties": {}, "additionalProperties": False}
+
+
+def test_a_schema_the_engine_rejects_falls_back_to_any_object(caplog):
+    impossible = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 5, "maximum": 1}},
+                  "required": ["n"]}
+    t = {"id": "t1", "tools": [{"name": "odd_tool", "parameters": impossible},
+                               {"name": "fine_tool", "parameters": {"type": "object", "properties": {}}}]}
+    g = grammar.for_task(t)
+    assert set(g.fallbacks) == {"odd_tool"} and g.fallbacks["odd_tool"]
+    assert "odd_tool" in caplog.text  # named in the log
+    assert grammar._problem(g.text) == ""
+
+
+def steps_are_valid(texts: list[str], tasks: list[dict]) -> None:
+    for text, t in zip(texts, tasks):
+        step = tbf.parse_step(text)
+        assert isinstance(step, tbf.Step), (text, step)
+        tools = {x["name"]: x for x in t["tools"]}
+        assert step.action in tools or step.action == FINISH, step.action
+        args = step.arguments()
+        if step.action == FINISH:
+            jsonschema.validate(args, tbf.FINISH_FUNCTION["parameters"])
+            assert set(args) == {"return_type", "final_answer"}
+        else:
+            schema = tools[step.action].get("parameters") or {"type": "object", "properties": {}}
+            jsonschema.validate(args, schema)
+            assert set(args) <= set(schema.get("properties", {})), (step.action, args)
+
+
+def sample_under_grammar(model, tok, tasks: list[dict], max_new_tokens: int) -> list[str]:
+    prompts = [tok(f"User: {t['messages'][-1]['content'][:300]}\nAssistant:", add_special_tokens=False).input_ids
+               for t in tasks]
+    width = max(map(len, prompts))
+    ids = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p for p in prompts])
+    mask = (torch.arange(width)[None, :] >= torch.tensor([width - len(p) for p in prompts])[:, None]).long()
+    proc = grammar.GrammarConstraint(tok, width, [grammar.for_task(t, max_new_tokens).text for t in tasks])
+    out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=True,
+                         temperature=1.0, top_k=None, top_p=None, pad_token_id=tok.pad_token_id,
+                         logits_processor=LogitsProcessorList([proc]))
+    assert proc.rejected == 0
+    return [tok.decode(row[width:], skip_special_tokens=True) for row in out]
+
+
+@pytest.mark.slow
+def test_random_weights_at_temperature_one_write_only_valid_steps(data_root, tiny):
+    """tiny-opt has random weights: whatever it samples, the grammar keeps it to a valid step."""
+    model, tok = tiny
+    stb = list(data.load("stabletoolbench", data_root))
+    cfb = list(data.load("complexfuncbench", data_root, "test"))
+    tasks = stb[::25] + cfb[::10]  # 31 + 20 real tasks, every StableToolBench group and both ComplexFuncBench ones
+    torch.manual_seed(0)
+    for t in tasks:  # one at a time
+        steps_are_valid(sample_under_grammar(model, tok, [t], 768), [t])
+    mixed = stb[3::90] + cfb[5::50]  # a batch of tasks with different tools, left-padded
+    steps_are_valid(sample_under_grammar(model, tok, mixed, 768), mixed)
+
+
+@pytest.mark.slow
+def test_a_grammar_rollout_writes_well_formed_steps(data_root, tiny):
+    tasks = sorted(data.load("complexfuncbench", data_root, "test"), key=lambda t: len(json.dumps(t["tools"])))[:3]
+    dec = rollout.Decoding(max_steps=2, max_new_tokens=192, decoding="grammar", temperature=1.0, max_context=2048)
+    episodes = list(rollout.run(*tiny, tasks, envs.make("replay"), dec, batch_size=2))
+    steps = [s for ep in episodes for s in ep.steps]
+    assert steps and all("error" not in s for s in steps), [s["raw"] for s in steps if "error" in s]
+    for ep in episodes:
+        record = rollout.episode_record(ep)
+        assert "grammar_fallbacks" not in record
+        for name, args in judge.calls_of(record):
+            assert name in {t["name"] for t in ep.task["tools"]} and isinstance(args, dict)
+
+
+@pytest.mark.slow
+def test_the_grammar_keeps_a_real_model_to_its_rows_tools():
+    """SmolLM2 never writes these made-up names freely; under the grammar each row writes a step of its own task."""
+    from slmlib import models
+    model, tok = models.load("smollm2-135m-instruct")
+    prompt = tok("User: List the posts of an Instagram reel.\nAssistant:", add_special_tokens=False).input_ids
+    tools = [[{"name": "zq_lookup_7", "parameters": {"type": "object", "properties": {"reel": {"type": "string"}},
+                                                     "required": ["reel"]}}],
+             [{"name": "wx_other_tool", "parameters": {"type": "object", "properties": {}}}]]
+    tasks = [{"id": f"t{i}", "tools": t, "messages": [{"role": "user", "content": "x"}]} for i, t in enumerate(tools)]
+    ids = torch.tensor([prompt] * 2)
+    free = model.generate(input_ids=ids, max_new_tokens=48, do_sample=False)
+    constrained = model.generate(input_ids=ids, max_new_tokens=96, do_sample=False, logits_processor=LogitsProcessorList(
+        [grammar.GrammarConstraint(tok, len(prompt), [grammar.for_task(t).text for t in tasks])]))
+    texts = [tok.decode(row[len(prompt):], skip_special_tokens=True) for row in constrained]
+    steps_are_valid(texts, tasks)
+    assert all(n not in tok.decode(free[0, len(prompt):]) for n in ("zq_lookup_7", "wx_other_tool"))
