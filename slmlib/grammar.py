@@ -174,7 +174,8 @@ class GrammarConstraint(LogitsProcessor):
     """Masks each row's logits to what its grammar allows next; ``grammars[row]`` is that row's grammar text.
 
     A row whose step is complete (its matcher accepts) and that ``generate`` goes on padding is left
-    alone; a token its grammar rejected otherwise is counted in ``rejected`` and frees that row.
+    alone; a token its grammar rejected otherwise, or a state that allows no token, is counted in
+    ``rejected`` and frees that row (neither happens with a grammar that compiled).
     """
 
     def __init__(self, tokenizer, prompt_len: int, grammars: list[str]):
@@ -207,6 +208,11 @@ class GrammarConstraint(LogitsProcessor):
             return scores
         self._fill(_executor(), [(self.matchers[r], r) for r in rows], self.mask)
         allowed = ((self.mask[rows, :, None] >> BITS) & 1).bool().reshape(len(rows), -1)
+        for i in (~allowed.any(1)).nonzero().flatten().tolist():  # nothing allowed: leave that row free, not all -inf
+            self.free[rows[i]] = True
+            self.rejected += 1
+            allowed[i] = True
+            log.warning("grammar of row %d allows no token: %s", rows[i], self.matchers[rows[i]].get_error())
         width = min(allowed.shape[1], scores.shape[1])
         blocked = torch.ones((len(rows), scores.shape[1]), dtype=torch.bool)
         blocked[:, :width] = ~allowed[:, :width]
