@@ -37,6 +37,8 @@ THOUGHT_TOKENS = 96     # p90 of the training thoughts is ~130 tokens; the step'
 STRING_CHARS = 256      # the longest argument string in the training mix has 153 characters
 ANSWER_CHARS = 400      # a final answer of ~100 tokens leaves room for the thought within 256 new tokens
 ARRAY_ITEMS = 16        # the longest argument array in the training mix has 8 items
+# Numbers are bounded too, or a weak model writes digits until the token limit: 16 integer digits, 8 decimals.
+NUMBER_BOUND, DECIMALS = 10 ** 15, 1e-8
 # The JSON's whitespace: room for ToolBench's indented objects ('{\n  "a": 1\n}'), none for a loop of it.
 JSON_OPTIONS = {"whitespace_pattern": r"[\x20\x0A]{0,6}", "lenient": True}
 
@@ -93,10 +95,13 @@ def normalise(schema: Any, top: bool = False) -> dict:
         out["maxItems"] = ARRAY_ITEMS
     if "string" in kinds and "enum" not in out:
         out["maxLength"] = STRING_CHARS
-    if kinds & {"number", "integer"}:
-        for bound in ("minimum", "maximum"):
-            if isinstance(schema.get(bound), (int, float)) and not isinstance(schema.get(bound), bool):
-                out[bound] = schema[bound]
+    if kinds & {"number", "integer"} and "enum" not in out:
+        for bound, sign, pick in (("minimum", -1, max), ("maximum", 1, min)):
+            given = schema.get(bound)
+            usable = isinstance(given, (int, float)) and not isinstance(given, bool)
+            out[bound] = pick(given, sign * NUMBER_BOUND) if usable else sign * NUMBER_BOUND
+        if "integer" not in kinds:
+            out["multipleOf"] = DECIMALS
     return out
 
 
