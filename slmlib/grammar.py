@@ -6,6 +6,9 @@ A task's grammar admits exactly one well-formed ToolBench step and nothing after
     Action: <one of the task's tool names, or Finish>
     Action Input: <a JSON object valid under that tool's parameters schema>
 
+and for Finish ``{"return_type": "give_answer" | "give_up_and_restart", "final_answer": "..."}``, its
+answer bounded in tokens by what the thought left of the step's budget, so that it always closes.
+
 Tool schemas are normalised first (:func:`normalise`): types mapped to JSON Schema's, keywords
 the engine does not need dropped, undeclared keys forbidden, strings and arrays bounded, so a
 weak model cannot write an endless argument. A tool whose schema llguidance still rejects keeps
@@ -35,7 +38,6 @@ log = logging.getLogger(__name__)
 
 THOUGHT_TOKENS = 96     # p90 of the training thoughts is ~130 tokens; the step's whole budget is 256 by default
 STRING_CHARS = 256      # the longest argument string in the training mix has 153 characters
-ANSWER_CHARS = 400      # a final answer of ~100 tokens leaves room for the thought within 256 new tokens
 ARRAY_ITEMS = 16        # the longest argument array in the training mix has 8 items
 # Numbers are bounded too, or a weak model writes digits until the token limit: 16 integer digits, 8 decimals.
 NUMBER_BOUND, DECIMALS = 10 ** 15, 1e-8
@@ -50,11 +52,6 @@ TYPES = {"string": "string", "str": "string", "text": "string", "date": "string"
 PYTHON_TYPES = {"string": str, "number": (int, float), "integer": int, "boolean": bool, "array": list, "object": dict,
                 "null": type(None)}
 ANY_OBJECT = {"type": "object"}
-FINISH_SCHEMA = {"type": "object", "properties": {
-    "return_type": {"type": "string", "enum": ["give_answer", "give_up_and_restart"]},
-    "final_answer": {"type": "string", "maxLength": ANSWER_CHARS}},
-    "required": ["return_type", "final_answer"], "additionalProperties": False}
-
 
 def _type(raw: Any) -> str | list[str] | None:
     names = raw if isinstance(raw, list) else [raw]
@@ -113,12 +110,32 @@ def _literal(text: str) -> str:
     return json.dumps(text)  # a Lark string literal: the same escapes as JSON's
 
 
-def lark(alternatives: list[tuple[str, dict]], thought_tokens: int = THOUGHT_TOKENS) -> str:
-    """The Lark grammar of one step with these ``(action name, Action Input schema)`` choices."""
-    calls = "\n     | ".join(f"{_literal(name + tbf.ACTION_INPUT)} {_json(schema)}" for name, schema in alternatives)
+# Finish is written as the training data writes it, '{"return_type": "...", "final_answer": "..."}', with its
+# answer bounded in tokens, not characters: a model that writes one character per token ('000...') would
+# otherwise reach the step's token limit inside the answer (seen with untuned SmolLM2 and 400 characters).
+FINISH_OPENING, FINISH_BETWEEN, FINISH_CLOSING = FINISH + tbf.ACTION_INPUT + '{"return_type": ', ', "final_answer": "', '"}'
+# Nothing is forced, so a model may spell the literals one character per token: the answer gets what is left.
+FINISH_OVERHEAD = len(tbf.THOUGHT + tbf.ACTION + FINISH_OPENING + '"give_up_and_restart"' + FINISH_BETWEEN + FINISH_CLOSING)
+JSON_STRING_BODY = r'/([^"\\\x00-\x1f]|\\["\\\/bfnrt])*/'   # the inside of a JSON string, escapes included
+
+
+def _finish_rules(answer_tokens: int) -> str:
+    kinds = " | ".join(_literal(json.dumps(k)) for k in ("give_answer", "give_up_and_restart"))
+    return (f"finish: {_literal(FINISH_OPENING)} return_type {_literal(FINISH_BETWEEN)} answer {_literal(FINISH_CLOSING)}\n"
+            f"return_type: {kinds}\n"
+            f"answer[max_tokens={answer_tokens}]: {JSON_STRING_BODY}\n")
+
+
+def lark(alternatives: list[tuple[str, dict]], thought_tokens: int = THOUGHT_TOKENS, max_new_tokens: int = 256) -> str:
+    """The Lark grammar of one step with these ``(action name, Action Input schema)`` choices and Finish.
+
+    The thought and the answer share the step's token budget, so a Finish always closes within it.
+    """
+    calls = "".join(f"\n     | {_literal(name + tbf.ACTION_INPUT)} {_json(schema)}" for name, schema in alternatives)
+    answer_tokens = max(1, max_new_tokens - thought_tokens - FINISH_OVERHEAD)
     return (f"start: {_literal(tbf.THOUGHT)} thought {_literal(tbf.ACTION)} call\n"
             f"thought[max_tokens={thought_tokens}]: /[^\\n]*/\n"
-            f"call: {calls}\n")
+            f"call: finish{calls}\n" + _finish_rules(answer_tokens))
 
 
 @functools.cache
@@ -148,12 +165,11 @@ def for_task(task: dict, max_new_tokens: int = 256) -> TaskGrammar:
             fallbacks[tool["name"]] = problem.splitlines()[0][:200]
             schema = ANY_OBJECT
         alternatives.append((tool["name"], schema))
-    alternatives.append((FINISH, FINISH_SCHEMA))
-    text = lark(alternatives, thought_tokens)
+    text = lark(alternatives, thought_tokens, max_new_tokens)
     problem = _problem(text)
     if problem:  # e.g. a name that cannot be a literal: the names alone, each with any object
         fallbacks["*"] = problem.splitlines()[0][:200]
-        text = lark([(name, ANY_OBJECT) for name, _ in alternatives[:-1]] + [(FINISH, FINISH_SCHEMA)], thought_tokens)
+        text = lark([(name, ANY_OBJECT) for name, _ in alternatives], thought_tokens, max_new_tokens)
     if fallbacks:
         log.warning("task %s: schema grammar fell back to any JSON object for %s", task.get("id"), fallbacks)
     return TaskGrammar(text, fallbacks)
