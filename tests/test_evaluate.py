@@ -167,7 +167,7 @@ def test_each_row_is_decoded_under_its_own_tasks_grammar(monkeypatch, tiny):
     list(rollout.run(*tiny, [task(), news_only], envs.make("stub"), rollout.Decoding(decoding="grammar"), batch_size=2))
     (both,) = seen
     assert '"get_weather\\nAction Input: "' in both[0] and '"get_weather\\nAction Input: "' not in both[1]
-    assert all('"get_news\\nAction Input: "' in g and '"Finish\\nAction Input: "' in g for g in both)
+    assert all('"get_news\\nAction Input: "' in g and '"Finish\\nAction Input: {' in g for g in both)
     seen.clear()
     list(rollout.run(*tiny, [task()], envs.make("stub"), rollout.Decoding(), batch_size=1))
     assert seen == [None]  # free decoding: no grammar at all
