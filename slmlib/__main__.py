@@ -7,6 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
+
 class UsageError(Exception):
     """Options that do not go together."""
 

@@ -174,12 +174,13 @@ def cpu_capability() -> str:
 def all_valid(task: dict, raws: list[str]) -> bool:
     """Whether every step written parses, names a declared tool or Finish, and fits that tool's schema."""
     from slmlib import rollout
+    from slmlib import toolbench_format as tbf
     from slmlib.schema import FINISH
     from slmlib.values import schema_errors
     tools = {t["name"]: t for t in task["tools"]}
     for raw in raws:
         step, _ = rollout.parse_generated(raw)
-        if not isinstance(step, rollout.tbf.Step) or (step.action != FINISH and (
+        if not isinstance(step, tbf.Step) or (step.action != FINISH and (
                 step.action not in tools or schema_errors(tools[step.action], step.arguments()))):
             return False
     return True

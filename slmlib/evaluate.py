@@ -102,13 +102,14 @@ def step_mode(model, tok, tasks: list[dict], out: Path, dec: rollout.Decoding, b
         msgs = gold_trajectory(task)
         turns = [i for i, m in enumerate(msgs) if m["role"] == "assistant"]
         items += [(task, msgs[:i], tbf.message_step(msgs[i]), k + 1) for k, i in enumerate(turns)]
+    grammars_by_id = {t["id"]: rollout.task_grammar(t, dec) for t in tasks}  # once per task, not per step
     results = []
     t0 = time.perf_counter()
     for b in range(0, len(items), batch_size):
         chunk = items[b:b + batch_size]
         prompts = [encode.encode(tbf.prompt_segments({**t, "messages": h}), tok, add_eos=False).input_ids for t, h, _, _ in chunk]
         fits = [len(p) + dec.max_new_tokens <= dec.max_context for p in prompts]
-        kept = [(p, rollout.task_grammar(t, dec)) for p, (t, _, _, _), ok in zip(prompts, chunk, fits) if ok]
+        kept = [(p, grammars_by_id[t["id"]]) for p, (t, _, _, _), ok in zip(prompts, chunk, fits) if ok]
         grammars = [g.text for _, g in kept] if dec.decoding == "grammar" else None
         generated = iter(rollout.generate_steps(model, tok, [p for p, _ in kept], dec, grammars=grammars)[0] if kept else [])
         texts = [next(generated) if ok else "" for ok in fits]  # a prompt beyond the window counts as a failed step

@@ -53,6 +53,7 @@ PYTHON_TYPES = {"string": str, "number": (int, float), "integer": int, "boolean"
                 "null": type(None)}
 ANY_OBJECT = {"type": "object"}
 
+
 def _type(raw: Any) -> str | list[str] | None:
     names = raw if isinstance(raw, list) else [raw]
     known = sorted({TYPES[n.lower()] for n in names if isinstance(n, str) and n.lower() in TYPES})
@@ -138,7 +139,7 @@ def lark(alternatives: list[tuple[str, dict]], thought_tokens: int = THOUGHT_TOK
             f"call: finish{calls}\n" + _finish_rules(answer_tokens))
 
 
-@functools.cache
+@functools.lru_cache(maxsize=4096)  # a tool's grammar recurs in many tasks; bounded for long evaluations
 def _problem(grammar: str) -> str:
     """llguidance's complaint about a grammar, '' when it compiles (a bad grammar does not raise)."""
     import llguidance
