@@ -88,6 +88,16 @@ def _evaluate(args) -> int:
     return 0
 
 
+def _floors(args) -> int:
+    from slmlib import floors
+    from slmlib.evaluate import AutoEnv
+    from slmlib.schema import read_jsonl
+    tasks = read_jsonl(args.tasks)
+    result = floors.floors(tasks, AutoEnv(), args.max_steps)
+    print(json.dumps(result, indent=2))
+    return 0 if all(f["pass_rate"] <= floors.FLOOR for f in result.values()) else 1
+
+
 def _bench_train(args) -> int:
     from slmlib import bench
     return bench.main(args)
@@ -198,6 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="grammar: every step under its task's grammar (tool names, the Action Input's JSON Schema)")
     ev.set_defaults(func=_evaluate)
 
+    fl = sub.add_parser("floors", help="what scripted policies that solve nothing score under the judge "
+                        "(exit 1 when one passes more than 5%%)")
+    fl.add_argument("--tasks", required=True, help="task file (JSON Lines, schema v1)")
+    fl.add_argument("--max-steps", type=positive, default=10, help="tool calls per episode")
+    fl.set_defaults(func=_floors)
     bench = sub.add_parser("bench", help="speed benchmarks that print ratios against a baseline")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)
     bt = bench_sub.add_parser("train", help="our training pipeline vs a plain TRL SFTTrainer baseline")

@@ -60,6 +60,20 @@ def format_versus_competence(table: pd.DataFrame) -> pd.DataFrame:
     return out.reindex(columns=["pass_rate", "format_valid_rate", "call_match_rate"], level=0)
 
 
+def floors_table(run_path: str | Path) -> pd.DataFrame:
+    """What a policy that solves nothing scores on each task set (:mod:`slmlib.floors`): one row per policy."""
+    rows, seen = [], set()
+    for _, task_set, d in eval_dirs(run_path):
+        floors = json.loads((d / "metrics.json").read_text()).get("floors")
+        if floors and task_set not in seen:  # the same tasks and judge for every model: the first evaluation's
+            seen.add(task_set)
+            rows += [{"task_set": task_set, "policy": name, "n": f["n_tasks"], "pass_rate": f["pass_rate"],
+                      "ci_low": f["pass_rate_ci95"][0], "ci_high": f["pass_rate_ci95"][1],
+                      "labels": ", ".join(f"{k} {v}" for k, v in sorted(f["labels"].items(), key=lambda kv: -kv[1]))}
+                     for name, f in floors.items()]
+    return pd.DataFrame(rows)
+
+
 def predictions(run_path: str | Path) -> pd.DataFrame:
     """Every judged episode of every model: one row each, with the task it answered."""
     rows = []

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from slmlib import encode, envs, judge, memory, models, rollout
+from slmlib import encode, envs, floors, judge, memory, models, rollout
 from slmlib import toolbench_format as tbf
 from slmlib.run import atomic_write_json, atomic_write_text, read_json
 from slmlib.schema import FINISH, assistant_call, read_jsonl
@@ -214,11 +214,11 @@ def evaluate(model: str, tasks_file: str | Path, out_dir: str | Path, *, adapter
     by_id = {t["id"]: t for t in tasks}
     todo = [t for t in tasks if t["id"] not in skip]
     peak: dict[str, Any] = {}
+    environment = AutoEnv() if env == "auto" else envs.make(env, url)
     if todo:  # a rerun with every episode stored only judges them again: no model to load
         fresh_peak = memory.reset_peak()
         mdl, tok = load_model(model, adapter, dtype)
         dec.max_context = context_window(mdl)
-        environment = AutoEnv() if env == "auto" else envs.make(env, url)
         for ep in rollout.run(mdl, tok, todo, environment, dec, batch_size):
             record = rollout.episode_record(ep)
             record["declared_tools"] = [t["name"] for t in ep.task["tools"]]
@@ -232,6 +232,8 @@ def evaluate(model: str, tasks_file: str | Path, out_dir: str | Path, *, adapter
     previous = read_json(out / "metrics.json") if skip and (out / "metrics.json").is_file() else {}
     metrics = {"mode": "episode", "model": model, "adapter": adapter, "tasks": str(tasks_file), "judge": judge_name,
                **settings, **judge.metrics(records), **rollout_peak(previous, peak)}
+    if judge_name == "offline" and env != "http":  # offline, the floors cost a second; a live server is not ours to load
+        metrics["floors"] = floors.floors(tasks, environment, max_steps)
     atomic_write_json(out / "metrics.json", metrics)
     return metrics
 

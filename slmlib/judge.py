@@ -6,13 +6,17 @@ within the budget (a Finish that is not strict JSON is read as ToolBench's envir
 than twice, and the calls match ``gold_calls`` (BFCL semantics: each expected call matched once,
 values among the acceptable ones, ``""`` = may be omitted, no unexpected arguments, types
 checked; further calls are allowed) or, with only ``relevant_tools``, every relevant tool was
-called with schema-valid arguments. ``"gold_calls": []`` passes only when no tool was called.
+called with schema-valid arguments and the answer carries, for each relevant tool whose response held
+any, at least one value that tool returned (not in the query, not among the call's own arguments): a
+policy that calls every tool and answers "done", or echoes the query, solves nothing and fails.
+``"gold_calls": []`` passes only when no tool was called.
 """
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
-from typing import Any
+from typing import Any, Iterator
 
 from slmlib import toolbench_format as tbf
 from slmlib.errors import ErrorLabel
@@ -20,6 +24,10 @@ from slmlib.schema import FINISH
 from slmlib.values import same_type, same_value, schema_errors
 
 REPEAT_LIMIT = 2
+MIN_FACT = 4  # characters: a shorter string ("OK", "yes") is no evidence that the answer used a response
+# in an observation cut at 1,024 characters: string values (not keys) and numbers after ':', '[' or ','
+_STRING = re.compile(r'"((?:[^"\\]|\\.)*)"(\s*:)?')  # a key when the colon follows
+_NUMBER_VALUE = re.compile(r'(?<=[:\[,])\s*(-?\d+(?:\.\d+)?)(?=\s*[,\]}])')
 
 
 def calls_of(record: dict) -> list[tuple[str, dict]]:
@@ -45,6 +53,58 @@ def toolbench_answer(record: dict) -> dict | None:
     if isinstance(parsed, tbf.ParseFailure) and parsed.action == FINISH:
         return tbf.toolbench_finish(parsed.action_input)
     return None
+
+
+def returned_values(observation: str) -> list[str]:
+    """The values a tool's observation returned, as text: strings of ``MIN_FACT`` characters or more and
+    numbers of two digits or more; none for an error observation."""
+    try:
+        parsed = json.loads(observation)
+    except ValueError:  # cut at 1,024 characters
+        if not observation.startswith('{"error": ""'):
+            return []
+        strings = [m[1].replace('\\"', '"') for m in _STRING.finditer(observation) if not m[2]]
+        numbers = _NUMBER_VALUE.findall(observation)
+    else:
+        if not isinstance(parsed, dict) or parsed.get("error"):
+            return []
+        leaves = list(_leaves(parsed.get("response")))
+        strings = [v for v in leaves if isinstance(v, str)]
+        numbers = [json.dumps(v) for v in leaves if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return [s.strip() for s in strings if len(s.strip()) >= MIN_FACT] + [n for n in numbers if len(n.strip("-").replace(".", "")) >= 2]
+
+
+def _leaves(value: Any) -> Iterator[Any]:
+    if isinstance(value, dict):
+        for v in value.values():
+            yield from _leaves(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _leaves(v)
+    else:
+        yield value
+
+
+def _mentions(text: str, value: str) -> bool:
+    """``value`` appears in ``text`` as a whole (case and runs of spaces do not count)."""
+    words = r"\s+".join(map(re.escape, value.split()))
+    return re.search(rf"(?<!\w){words}(?!\w)", text, re.IGNORECASE) is not None
+
+
+def ungrounded(task: dict, record: dict, answer: str) -> list[str]:
+    """The relevant tools whose responses held values of which the answer carries none."""
+    query = " ".join(m["content"] for m in task["messages"] if m["role"] == "user")
+    missing = []
+    for name in task.get("relevant_tools", []):
+        values = set()
+        for step in record["steps"]:
+            s = step.get("step")
+            if s and s["action"] == name and "observation" in step:
+                own = json.dumps(json.loads(s["action_input"]), ensure_ascii=False)
+                values |= {v for v in returned_values(step["observation"]) if not _mentions(query, v) and v not in own}
+        if values and not any(_mentions(answer, v) for v in values):
+            missing.append(name)
+    return missing
 
 
 def match_gold(gold: dict, made: dict) -> tuple[ErrorLabel, str] | None:
@@ -133,6 +193,8 @@ def judge(task: dict, record: dict) -> dict:
         return fail(ErrorLabel.IRRELEVANCE, f"{len(calls)} calls where none was expected")
     if failures:
         return fail(*failures[0])
+    if gold is None and (missing := ungrounded(task, record, answer)):
+        return fail(ErrorLabel.UNGROUNDED_ANSWER, f"the answer carries nothing that {missing} returned")
     verdict["passed"] = True
     return verdict
 

@@ -22,7 +22,8 @@ HTML_NOTEBOOKS = ("04_error_analysis", "05_results")
 FIGURES = ("pass_rate_*.png", "call_quality.png", "error_breakdown.png", "training_curves.png", "speed_cost.png", "token_lengths.png")
 OVERALL_KEYS = ("n_tasks", "pass_rate", "pass_rate_ci95", "format_valid_rate", "guarded_step_rate", "finish_rate",
                 "hallucinated_tool_rate", "tool_name_accuracy", "call_match_rate", "avg_steps", "seconds_per_task",
-                "tokens_per_second", "peak_rss_gb", "peak_gpu_gb", "error_labels", "decoding", "grammar_fallback_tasks")
+                "tokens_per_second", "peak_rss_gb", "peak_gpu_gb", "error_labels", "decoding", "grammar_fallback_tasks",
+                "floors")
 # The experiment issue's targets, checked on the fine-tuned model's ComplexFuncBench numbers.
 PASS_TARGET, GAP_TARGET, FORMAT_TARGET, UNKNOWN_TOOL_TARGET = 0.50, 0.30, 0.99, 0.01
 PRIMARY_SET = "complexfuncbench"
@@ -116,6 +117,26 @@ def decoding_lines(evals: dict[str, dict[str, dict]]) -> list[str]:
     return lines
 
 
+def floor_lines(evals: dict[str, dict[str, dict]]) -> list[str]:
+    """What a policy that solves nothing scores on each task set, under the same judge (slmlib.floors)."""
+    by_set = {}
+    for sets in evals.values():
+        for task_set, m in sets.items():
+            if m.get("floors"):
+                by_set.setdefault(task_set, m["floors"])
+    if not by_set:
+        return []
+    lines = ["", "## What a policy that solves nothing scores (judge floors)", "",
+             "Scripted policies, no model, judged like the models: finish at once, call every tool with placeholder "
+             "arguments then a generic answer, echo the query, repeat the first call.", "",
+             "| task set | policy | n | pass rate [95% CI] |", "|---|---|---|---|"]
+    for task_set, floors in sorted(by_set.items()):
+        for name, f in floors.items():
+            lo, hi = f["pass_rate_ci95"]
+            lines.append(f"| {task_set} | {name} | {f['n_tasks']} | {_pct(f['pass_rate'])} [{_pct(lo)}, {_pct(hi)}] |")
+    return lines
+
+
 def markdown(summary: dict, command: str) -> str:
     """The results folder's README: what ran, where, how long, and what it shows."""
     dev = summary["device"]
@@ -164,6 +185,7 @@ def markdown(summary: dict, command: str) -> str:
                          f"{_pct(m['hallucinated_tool_rate'])} | {_pct(m['call_match_rate'])} | "
                          f"{m['seconds_per_task']:.1f} | {_num(m.get('peak_rss_gb'))} |")
     lines += decoding_lines(summary["eval"])
+    lines += floor_lines(summary["eval"])
     lines += ["", "## Pass rate per group", "", "| model | task set | group | n | pass rate [95% CI] | call match |",
               "|---|---|---|---|---|---|"]
     for model, sets in summary["eval"].items():

@@ -221,7 +221,7 @@ def parse_generated(raw: str) -> tuple[tbf.Step | tbf.ParseFailure, bool]:
     return tbf.parse_step(text), guarded
 
 
-def _advance(ep: Episode, raw: str, env) -> None:
+def advance(ep: Episode, raw: str, env) -> None:
     """Parse one generated step and act on it."""
     parsed, guarded = parse_generated(raw)
     record: dict[str, Any] = {"raw": raw}
@@ -281,7 +281,7 @@ def run(model, tokenizer, tasks: Iterable[dict], env, dec: Decoding, batch_size:
             for ep, text, n in zip(ready, texts, counts):
                 ep.seconds += share
                 ep.new_tokens += n
-                _advance(ep, text, env)
+                advance(ep, text, env)
         still = []
         for ep in active:
             if ep.done:

@@ -82,9 +82,45 @@ def test_replay_and_stub_environments():
     assert "No recorded response" in envs.make("replay").call(t, "get_weather", {"city": "Rome"})
     assert "No such function name" in envs.make("replay").call(t, "get_forecast", {})
     stub = envs.make("stub")
-    assert json.loads(stub.call(t, "get_weather", {"city": "Oslo"}))["response"] == {"temp": 1, "sky": "example"}
+    oslo = json.loads(stub.call(t, "get_weather", {"city": "Oslo"}))["response"]
+    assert set(oslo) == {"temp", "sky"} and 10_000 <= oslo["temp"] < 100_000 and oslo["sky"].startswith("sky-")
+    assert stub.call(t, "get_weather", {"city": "Oslo"}) == stub.call(t, "get_weather", {"city": "Oslo"})  # deterministic
+    assert stub.call(t, "get_weather", {"city": "Rome"}) != stub.call(t, "get_weather", {"city": "Oslo"})  # distinctive
     assert "missing required parameter 'city'" in stub.call(t, "get_weather", {})
-    assert json.loads(stub.call(t, "get_news", {}))["error"]
+    assert set(json.loads(stub.call(t, "get_news", {}))["response"]) == {"result"}  # no template: still an answer
+    cut = task(tools=[{**NEWS, "template_response": '{"items": [{"title": "str"}], "next": "st'}])  # JSON text, cut
+    assert set(json.loads(stub.call(cut, "get_news", {}))["response"]) == {"result"}
+    as_text = task(tools=[{**NEWS, "template_response": '{"items": [{"title": "str"}]}'}])
+    assert json.loads(stub.call(as_text, "get_news", {}))["response"]["items"][0]["title"].startswith("title-")
+
+
+def test_relevant_tools_answer_must_carry_what_they_returned():
+    """A generic answer after the right calls solves nothing: the answer must use each relevant tool's response."""
+    rel = task(relevant_tools=["get_weather"])
+    obs = envs.make("stub").call(rel, "get_weather", {"city": "Oslo"})
+    sky = json.loads(obs)["response"]["sky"]
+    called = [step("get_weather", {"city": "Oslo"}, obs)]
+    assert judge.judge(rel, record(called, {"return_type": "give_answer", "final_answer": f"It is {sky.upper()} in Oslo."}))["passed"]
+    generic = judge.judge(rel, record(called, {"return_type": "give_answer", "final_answer": "Here is the weather."}))
+    assert generic["label"] == ErrorLabel.UNGROUNDED_ANSWER
+    assert judge.judge(rel, record(called, {"return_type": "give_answer", "final_answer": sky + "x"}))["label"] == \
+        ErrorLabel.UNGROUNDED_ANSWER  # a whole value, not a prefix of a word
+    # what the query or the call itself already said is not evidence; an error observation asks for nothing
+    echo = '{"error": "", "response": {"city": "Paris", "note": "Oslo", "sky": "mild breeze"}}'
+    assert judge.judge(rel, record([step("get_weather", {"city": "Oslo"}, echo)], {"return_type": "give_answer",
+                       "final_answer": "Weather in Paris? Oslo."}))["label"] == ErrorLabel.UNGROUNDED_ANSWER
+    assert judge.judge(rel, record([step("get_weather", {"city": "Oslo"}, echo)], {"return_type": "give_answer",
+                       "final_answer": "Oslo: a  Mild Breeze."}))["passed"]
+    failed = '{"error": "API not working error...", "response": ""}'
+    assert judge.judge(rel, record([step("get_weather", {"city": "Oslo"}, failed)]))["passed"]
+
+
+def test_returned_values_of_whole_and_cut_observations():
+    whole = '{"error": "", "response": {"a": "Lionel Messi", "b": [12345, 7, 3.25], "ok": true, "c": "no"}}'
+    assert sorted(judge.returned_values(whole)) == ["12345", "3.25", "Lionel Messi"]
+    cut = '{"error": "", "response": {"a": "Lionel Messi", "b": [12345, 7], "c": "Barcelo' + "..."
+    assert sorted(judge.returned_values(cut)) == ["12345", "Lionel Messi"]
+    assert judge.returned_values('{"error": "boom", "response": {"a": "Lionel Messi"}}') == []
 
 
 @pytest.mark.parametrize("text,end", [

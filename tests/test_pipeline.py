@@ -58,6 +58,11 @@ def test_training_evaluation_and_results_metrics(smoke_run):
     (table,) = [o["data"]["text/html"] for c in nb.cells if "format_versus_competence" in c.source for o in c.outputs
                 if "text/html" in o.get("data", {})]
     assert "grammar" in table and "free" in table and "tiny-opt-sft" in table
+    floors = read_json(smoke_run / "eval" / label / "stabletoolbench" / "metrics.json")["floors"]
+    assert {f["n_tasks"] for f in floors.values()} == {24} and all(f["pass_rate"] <= 0.05 for f in floors.values())
+    (floor_table,) = [o["data"]["text/html"] for c in nb.cells if "floors_table" in c.source for o in c.outputs
+                      if "text/html" in o.get("data", {})]
+    assert "call_every_tool" in floor_table and "stabletoolbench" in floor_table
     for name in ("training_curves", "error_breakdown", "pass_rate_complexfuncbench", "call_quality", "speed_cost"):
         assert (smoke_run / f"{name}.png").stat().st_size > 5_000, name
 
@@ -101,6 +106,7 @@ def test_results_export_matches_the_run_and_is_not_overwritten(smoke_run, tmp_pa
     assert f"| tiny-opt-sft | complexfuncbench | 8 | {100 * cfb['pass_rate']:.1f}% [{100 * lo:.1f}%, {100 * hi:.1f}%] |" in readme
     assert f"python -m slmlib results {smoke_run}" in readme and "make run PROFILE=smoke" in readme
     assert "## Format versus competence" in readme and "| tiny-opt-sft | complexfuncbench |" in readme.split("## Format versus")[1]
+    assert "| stabletoolbench | call_every_tool | 24 |" in readme.split("## What a policy that solves nothing scores")[1]
     assert (out / "profile.yaml").read_text() == (REPO / "params" / "smoke.yaml").read_text()
     html_text = (out / "05_results.html").read_text()
     assert "data:image/png;base64" in html_text and "Pass rate by group" in html_text

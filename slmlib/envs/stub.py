@@ -1,24 +1,44 @@
 """For tasks without recordings: checks the arguments against the tool's JSON Schema and answers
-with data shaped like its ``template_response`` (ToolBench's error observations otherwise)."""
+with data shaped like its ``template_response`` (ToolBench's error observations otherwise).
+
+Every value it invents is distinctive and deterministic (a digest of the task, the call and the
+value's place), so the judge can tell an answer that carries what a tool returned from one that
+does not. A tool without a template answers ``{"result": ...}``, as StableToolBench's virtual
+server answers every tool, instead of an error that no answer could use.
+"""
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 from slmlib.envs import observation, no_such_function, tool_of
 from slmlib.values import schema_errors
 
-PLACEHOLDERS = {"str": "example", "int": 1, "float": 1.0, "bool": True}
+
+NO_TEMPLATE = {"result": "str"}
 
 
-def shaped(template: Any) -> Any:
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+
+
+def shaped(template: Any, seed: str, key: str = "value") -> Any:
     """A value shaped like ToolBench's ``template_response`` (``"str"``, ``"int"``, ``_list_length``)."""
+    if isinstance(template, str) and template[:1] in ("{", "["):  # some templates are JSON text, some of it cut
+        try:
+            template = json.loads(template)
+        except ValueError:
+            template = NO_TEMPLATE
     if isinstance(template, dict):
-        return {k: shaped(v) for k, v in template.items() if k != "_list_length"}
+        return {k: shaped(v, f"{seed}.{k}", k) for k, v in template.items() if k != "_list_length"}
     if isinstance(template, list):
-        return [shaped(template[0])] if template else []
-    if isinstance(template, str):
-        return PLACEHOLDERS.get(template, template if not template.startswith("list of") else [])
-    return template
+        return [shaped(template[0], f"{seed}[0]", key)] if template else []
+    if not isinstance(template, str) or template.startswith("list of"):
+        return [] if isinstance(template, str) else template
+    d = _digest(seed)
+    number = 10_000 + int(d[:8], 16) % 90_000  # five digits: not a count a generic answer would write
+    return {"str": f"{key}-{d[:6]}", "int": number, "float": number / 100, "bool": True}.get(template, template)
 
 
 class StubEnv:
@@ -29,7 +49,5 @@ class StubEnv:
         errors = schema_errors(tool, arguments)
         if errors:
             return observation(error="Function executing from my_tools.python_function_call raise error: " + errors[0][1])
-        template = tool.get("template_response")
-        if template is None:
-            return observation(error="API not working error...")
-        return observation(shaped(template))
+        seed = _digest(task["id"], name, json.dumps(arguments, sort_keys=True))
+        return observation(shaped(tool.get("template_response", NO_TEMPLATE), seed))

@@ -1,0 +1,84 @@
+"""What a policy that solves nothing scores: scripted policies rolled out and judged like the models.
+
+A judge is only as good as the worst policy it passes. Each policy here writes its ToolBench steps
+from the task alone (no model, no reading of observations), acts in the same environment through the
+same rollout step, and is judged by the same judge; its pass rate is the floor under a task set's
+pass rates. ``FLOOR`` is the most any of them may score.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from collections import Counter
+from typing import Callable
+
+from slmlib import judge, rollout
+from slmlib import toolbench_format as tbf
+from slmlib.schema import FINISH
+
+FLOOR = 0.05
+GENERIC_ANSWER = "I have completed the task and found the information you asked for."
+PLACEHOLDERS = {"string": "example", "integer": 1, "number": 1.0, "boolean": True, "array": [], "object": {}}
+
+
+def placeholder_arguments(tool: dict) -> dict:
+    """Schema-valid arguments that say nothing: each required parameter's first enum value or a placeholder."""
+    params = tool.get("parameters", {})
+    props = params.get("properties", {})
+    return {p: (props.get(p, {}).get("enum") or [PLACEHOLDERS.get(props.get(p, {}).get("type"), "example")])[0]
+            for p in params.get("required", [])}
+
+
+def _call(tool: dict) -> str:
+    args = json.dumps(placeholder_arguments(tool), ensure_ascii=False)
+    return tbf.render_step(tbf.Step(f"I will call {tool['name']}.", tool["name"], args))
+
+
+def _finish(answer: str) -> str:
+    args = json.dumps({"return_type": "give_answer", "final_answer": answer}, ensure_ascii=False)
+    return tbf.render_step(tbf.Step("I can answer now.", FINISH, args))
+
+
+def finish_at_once(ep: rollout.Episode) -> str:
+    return _finish(GENERIC_ANSWER)
+
+
+def call_every_tool(ep: rollout.Episode) -> str:
+    """Each declared tool once, in order, up to the step budget, then the generic answer."""
+    tools = ep.task["tools"][:ep.max_steps]
+    return _call(tools[len(ep.steps)]) if len(ep.steps) < len(tools) else _finish(GENERIC_ANSWER)
+
+
+def echo_query(ep: rollout.Episode) -> str:
+    return _finish(" ".join(m["content"] for m in ep.task["messages"] if m["role"] == "user"))
+
+
+def repeat_first_call(ep: rollout.Episode) -> str:
+    return _call(ep.task["tools"][0])
+
+
+POLICIES: dict[str, Callable[[rollout.Episode], str]] = {
+    "finish_at_once": finish_at_once, "call_every_tool": call_every_tool,
+    "echo_query": echo_query, "repeat_first_call": repeat_first_call}
+
+
+def play(policy: Callable[[rollout.Episode], str], task: dict, env, max_steps: int = 10) -> dict:
+    """One judged episode of a scripted policy, recorded as a model's would be."""
+    ep = rollout.Episode(task, copy.deepcopy(task["messages"]), max_steps)
+    while not ep.done:
+        rollout.advance(ep, policy(ep), env)
+    record = rollout.episode_record(ep)
+    record["verdict"] = judge.judge(task, record)
+    return record
+
+
+def floors(tasks: list[dict], env, max_steps: int = 10) -> dict[str, dict]:
+    """Each policy's pass rate (with its 95% interval) and failure labels on ``tasks``."""
+    out = {}
+    for name, policy in POLICIES.items():
+        verdicts = [play(policy, t, env, max_steps)["verdict"] for t in tasks]
+        passed = sum(v["passed"] for v in verdicts)
+        out[name] = {"n_tasks": len(tasks), "passed": passed, "pass_rate": passed / len(tasks) if tasks else 0.0,
+                     "pass_rate_ci95": list(judge.wilson(passed, len(tasks))),
+                     "labels": dict(Counter(v["label"] for v in verdicts if v["label"]))}
+    return out
