@@ -78,13 +78,15 @@ def _train(args) -> int:
 
 
 def _evaluate(args) -> int:
+    from slmlib.config import SearchConfig
     from slmlib.evaluate import evaluate
     metrics = evaluate(args.model, args.tasks, args.out, adapter=args.adapter, mode=args.mode, env=args.env,
                        url=args.url, max_steps=args.max_steps, limit=args.limit, judge_name=args.judge,
                        batch_size=args.batch_size, temperature=args.temperature, max_new_tokens=args.max_new_tokens,
                        seed=args.seed, dtype=args.dtype, judge_model=args.judge_model, key_guard=not args.no_key_guard,
-                       decoding=args.decoding)
-    print(json.dumps({k: v for k, v in metrics.items() if k != "groups"}, indent=2))
+                       decoding=args.decoding, agent=args.agent,
+                       search=SearchConfig(width=args.width, chain_steps=args.chain_steps, budget=args.budget))
+    print(json.dumps({k: v for k, v in metrics.items() if k not in ("groups", "floors")}, indent=2))
     return 0
 
 
@@ -206,6 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="let an Action Input repeat its keys to the token limit (the guard is on by default)")
     ev.add_argument("--decoding", choices=("free", "grammar"), default="free",
                     help="grammar: every step under its task's grammar (tool names, the Action Input's JSON Schema)")
+    ev.add_argument("--agent", choices=("react", "dfsdt"), default="react",
+                    help="dfsdt: ToolBench's depth-first search over ReAct chains (slmlib.agents.dfsdt)")
+    ev.add_argument("--width", type=positive, default=2, help="dfsdt: children per node")
+    ev.add_argument("--chain-steps", type=positive, default=4, help="dfsdt: model steps per chain, Finish included")
+    ev.add_argument("--budget", type=positive, default=200, help="dfsdt: model calls per task")
     ev.set_defaults(func=_evaluate)
 
     fl = sub.add_parser("floors", help="what scripted policies that solve nothing score under the judge "

@@ -67,6 +67,14 @@ Decoding = Literal["free", "grammar"]
 
 
 @dataclass(frozen=True)
+class SearchConfig:
+    """ToolBench's DFSDT (``DFS_woFilter_w2``, slmlib.agents.dfsdt) and its constants."""
+    width: int = 2                         # children per node
+    chain_steps: int = 4                   # model steps per chain, Finish included (12 tree nodes / 3)
+    budget: int = 200                      # model calls per task (max_query_count)
+
+
+@dataclass(frozen=True)
 class EvalConfig:
     temperature: float = 0.0               # 0 = greedy; the paper uses 0.1
     max_steps: int = 10                    # actions per episode, the paper's budget
@@ -76,6 +84,8 @@ class EvalConfig:
     decoding: Decoding = "free"            # "grammar": every step under its task's grammar (slmlib.grammar)
     decodings: list[Decoding] = field(default_factory=list)  # every model also evaluated with these; [] = decoding alone
     baselines: list[str] = field(default_factory=lambda: ["smollm2-135m-instruct", "gemma-3-270m"])
+    agent: Literal["react", "dfsdt"] = "react"  # one chain, or ToolBench's depth-first search over chains
+    search: SearchConfig = field(default_factory=SearchConfig)  # with agent: dfsdt
 
     def all_decodings(self) -> list[str]:
         """The decodings every model is evaluated with, the reported one first."""

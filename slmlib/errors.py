@@ -21,4 +21,5 @@ class ErrorLabel(StrEnum):
     NO_FINISH = "no_finish"                          # budget spent without calling Finish
     GIVE_UP = "give_up"                              # Finish with give_up_and_restart
     EMPTY_ANSWER = "empty_answer"                    # Finish with an empty final_answer
+    BUDGET_EXHAUSTED = "budget_exhausted"            # a search spent its model calls without an answer
     UNGROUNDED_ANSWER = "ungrounded_answer"          # the answer carries nothing a relevant tool returned

@@ -7,14 +7,16 @@ scores next-step prediction against the gold trajectory instead (teacher-forced,
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
 from pathlib import Path
 from typing import Any
 
-from slmlib import encode, envs, floors, judge, memory, models, rollout
+from slmlib import agents, encode, envs, floors, judge, memory, models, rollout
 from slmlib import toolbench_format as tbf
+from slmlib.config import SearchConfig
 from slmlib.run import atomic_write_json, atomic_write_text, read_json
 from slmlib.schema import FINISH, assistant_call, read_jsonl
 from slmlib.values import same_value
@@ -194,7 +196,8 @@ def evaluate(model: str, tasks_file: str | Path, out_dir: str | Path, *, adapter
              mode: str = "episode", env: str = "auto", url: str | None = None, max_steps: int = 10,
              limit: int = -1, judge_name: str = "offline", batch_size: int = 8, temperature: float = 0.0,
              max_new_tokens: int = 256, seed: int = 0, dtype: str = "float32", judge_model: str | None = None,
-             key_guard: bool = True, decoding: str = "free") -> dict[str, Any]:
+             key_guard: bool = True, decoding: str = "free", agent: str = "react",
+             search: SearchConfig = SearchConfig()) -> dict[str, Any]:
     tasks = read_jsonl(tasks_file)  # a malformed file stops here, before any model loads
     if limit >= 0:
         tasks = tasks[:limit]
@@ -208,6 +211,8 @@ def evaluate(model: str, tasks_file: str | Path, out_dir: str | Path, *, adapter
         return step_mode(mdl, tok, tasks, out, dec, batch_size)
     settings = {"env": env, "max_steps": max_steps, "max_new_tokens": max_new_tokens, "temperature": temperature,
                 "seed": seed, "dtype": dtype, "key_guard": key_guard, "decoding": decoding}
+    if agent != "react":  # absent = react, so the episodes of earlier runs still resume
+        settings |= {"agent": agent, "search": dataclasses.asdict(search)}
     preds = out / "predictions.jsonl"
     skip = done_ids(preds)
     keep_settings(out, settings, resuming=bool(skip))  # before the model loads: other settings stop at once
@@ -219,10 +224,12 @@ def evaluate(model: str, tasks_file: str | Path, out_dir: str | Path, *, adapter
         fresh_peak = memory.reset_peak()
         mdl, tok = load_model(model, adapter, dtype)
         dec.max_context = context_window(mdl)
-        for ep in rollout.run(mdl, tok, todo, environment, dec, batch_size):
-            record = rollout.episode_record(ep)
-            record["declared_tools"] = [t["name"] for t in ep.task["tools"]]
-            record["verdict"] = judge.judge(ep.task, record)
+        policy = rollout.model_policy(mdl, tok, dec)
+        for record in agents.run(agent, policy, todo, environment, dec, batch_size,
+                                 rollout.reuses_prefix(mdl, dec, batch_size), search):
+            task = by_id[record["id"]]
+            record["declared_tools"] = [t["name"] for t in task["tools"]]
+            record["verdict"] = judge.judge(task, record)
             append_line(preds, record)
         peak = memory.peak(fresh_peak)
     records = rejudge(preds, by_id)
@@ -264,5 +271,5 @@ def evaluate_run(profile, run_path: str | Path) -> dict[str, dict[str, dict]]:
                     model, task_file, run / "eval" / label / task_set, adapter=adapter, max_steps=profile.eval.max_steps,
                     batch_size=profile.eval.batch_size, temperature=profile.eval.temperature,
                     max_new_tokens=profile.eval.max_new_tokens, seed=profile.seed, key_guard=profile.eval.key_guard,
-                    decoding=decoding)
+                    decoding=decoding, agent=profile.eval.agent, search=profile.eval.search)
     return results

@@ -7,7 +7,6 @@ pass rates. ``FLOOR`` is the most any of them may score.
 """
 from __future__ import annotations
 
-import copy
 import json
 from collections import Counter
 from typing import Callable
@@ -64,9 +63,7 @@ POLICIES: dict[str, Callable[[rollout.Episode], str]] = {
 
 def play(policy: Callable[[rollout.Episode], str], task: dict, env, max_steps: int = 10) -> dict:
     """One judged episode of a scripted policy, recorded as a model's would be."""
-    ep = rollout.Episode(task, copy.deepcopy(task["messages"]), max_steps)
-    while not ep.done:
-        rollout.advance(ep, policy(ep), env)
+    (ep,) = rollout.play(rollout.scripted(policy), [task], env, rollout.Decoding(max_steps=max_steps))
     record = rollout.episode_record(ep)
     record["verdict"] = judge.judge(task, record)
     return record

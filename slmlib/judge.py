@@ -230,6 +230,9 @@ def metrics(records: list[dict]) -> dict[str, Any]:
             "tool_name_accuracy": sum(r["verdict"]["names_right"] for r in rs) / expected if expected else 0.0,
             "call_match_rate": sum(r["verdict"]["matched_calls"] for r in rs) / expected if expected else 0.0,
             "avg_steps": sum(len(r["steps"]) for r in rs) / n if n else 0.0,
+            # what an episode cost: a search's model calls count every branch, ReAct's are its steps
+            "model_calls_per_task": sum(r.get("model_calls", len(r["steps"])) for r in rs) / n if n else 0.0,
+            "new_tokens_per_task": sum(r["new_tokens"] for r in rs) / n if n else 0.0,
             "seconds_per_task": seconds / n if n else 0.0,
             "tokens_per_second": sum(r["new_tokens"] for r in rs) / seconds if seconds else 0.0,
             "error_labels": dict(Counter(r["verdict"]["label"] for r in rs if r["verdict"]["label"])),

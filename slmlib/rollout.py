@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
@@ -249,39 +249,71 @@ def advance(ep: Episode, raw: str, env) -> None:
         ep.done = True
 
 
-def run(model, tokenizer, tasks: Iterable[dict], env, dec: Decoding, batch_size: int = 8) -> Iterator[Episode]:
-    """Roll out every task; yields episodes as they finish (not in input order)."""
+# A policy writes the next step of each episode of a batch: (text, new tokens, seconds), or None where
+# the episode's conversation no longer fits the model's window. Models and scripted policies alike.
+Policy = Callable[[list[Episode]], list[tuple[str, int, float] | None]]
+
+
+def model_policy(model, tokenizer, dec: Decoding) -> Policy:
+    """The model's next step for each episode, one ``generate`` call for the whole batch (seeded here)."""
     torch.manual_seed(dec.seed)
+    def steps(episodes: list[Episode]) -> list[tuple[str, int, float] | None]:
+        prompts, ready = [], []
+        for i, ep in enumerate(episodes):
+            ids = encode.encode(tbf.prompt_segments(ep.state()), tokenizer, add_eos=False).input_ids
+            if len(ids) + dec.max_new_tokens <= dec.max_context:
+                prompts.append(ids)
+                ready.append(i)
+        out: list[tuple[str, int, float] | None] = [None] * len(episodes)
+        if ready:
+            t0 = time.perf_counter()
+            texts, counts = generate_steps(model, tokenizer, prompts, dec,
+                                           cache=episodes[ready[0]].prefix if len(ready) == 1 else None,
+                                           grammars=[episodes[i].grammar.text for i in ready] if dec.decoding == "grammar" else None)
+            share = (time.perf_counter() - t0) / len(ready)
+            for i, text, n in zip(ready, texts, counts):
+                out[i] = (text, n, share)
+        return out
+    return steps
+
+
+def scripted(write: Callable[[Episode], str]) -> Policy:
+    """A policy that writes each step with a function of the episode (tests, judge floors)."""
+    return lambda episodes: [(write(ep), 0, 0.0) for ep in episodes]
+
+
+def reuses_prefix(model, dec: Decoding, batch_size: int) -> bool:
     # sliding-window layers (Gemma 3) cannot be cropped back to a shared prefix
-    reuse = batch_size == 1 and dec.reuse_prefix and not getattr(model.config, "sliding_window", None)
+    return batch_size == 1 and dec.reuse_prefix and not getattr(model.config, "sliding_window", None)
+
+
+def new_episode(task: dict, dec: Decoding, reuse: bool = False) -> Episode:
+    return Episode(task, copy.deepcopy(task["messages"]), dec.max_steps, prefix=PrefixCache() if reuse else None,
+                   grammar=task_grammar(task, dec))
+
+
+def overflow(ep: Episode) -> None:
+    ep.failure, ep.done = (ErrorLabel.NO_FINISH.value, "the conversation exceeds the model's window"), True
+
+
+def play(policy: Policy, tasks: Iterable[dict], env, dec: Decoding, batch_size: int = 8,
+         reuse: bool = False) -> Iterator[Episode]:
+    """ReAct: roll out every task with ``policy``; yields episodes as they finish (not in input order)."""
     queue = iter(tasks)
     active: list[Episode] = []
     while True:
-        while len(active) < batch_size:
-            task = next(queue, None)
-            if task is None:
-                break
-            active.append(Episode(task, copy.deepcopy(task["messages"]), dec.max_steps,
-                                  prefix=PrefixCache() if reuse else None, grammar=task_grammar(task, dec)))
+        while len(active) < batch_size and (task := next(queue, None)) is not None:
+            active.append(new_episode(task, dec, reuse))
         if not active:
             return
-        prompts, ready = [], []
-        for ep in active:
-            ids = encode.encode(tbf.prompt_segments(ep.state()), tokenizer, add_eos=False).input_ids
-            if len(ids) + dec.max_new_tokens > dec.max_context:
-                ep.failure, ep.done = (ErrorLabel.NO_FINISH.value, f"context of {len(ids)} tokens exceeds the window"), True
-            else:
-                prompts.append(ids)
-                ready.append(ep)
-        if ready:
-            t0 = time.perf_counter()
-            texts, counts = generate_steps(model, tokenizer, prompts, dec, cache=ready[0].prefix if len(ready) == 1 else None,
-                                           grammars=[ep.grammar.text for ep in ready] if dec.decoding == "grammar" else None)
-            share = (time.perf_counter() - t0) / len(ready)
-            for ep, text, n in zip(ready, texts, counts):
-                ep.seconds += share
-                ep.new_tokens += n
-                advance(ep, text, env)
+        for ep, result in zip(active, policy(active)):
+            if result is None:
+                overflow(ep)
+                continue
+            text, n, seconds = result
+            ep.seconds += seconds
+            ep.new_tokens += n
+            advance(ep, text, env)
         still = []
         for ep in active:
             if ep.done:
@@ -290,6 +322,11 @@ def run(model, tokenizer, tasks: Iterable[dict], env, dec: Decoding, batch_size:
             else:
                 still.append(ep)
         active = still
+
+
+def run(model, tokenizer, tasks: Iterable[dict], env, dec: Decoding, batch_size: int = 8) -> Iterator[Episode]:
+    """Roll out every task with the model (ReAct); yields episodes as they finish (not in input order)."""
+    return play(model_policy(model, tokenizer, dec), tasks, env, dec, batch_size, reuses_prefix(model, dec, batch_size))
 
 
 def task_grammar(task: dict, dec: Decoding) -> grammar.TaskGrammar | None:
