@@ -9,10 +9,10 @@ greedy trajectories are the same, and prints ``speedup: R.RRx`` in tasks per sec
 Both see the same trajectories and learn the same assistant tokens in the same number of
 optimizer steps. The baseline is ToolLLaMA's layout (one row per assistant step, the history
 re-read each time), TRL's default collator, random order, fp32. The variants add one lever at a
-time: every assistant turn of a trajectory in one sequence, length-grouped batches, bf16
-autocast, LoRA. Each run is a child process (its own peak RSS); the final loss of each model is
+time: every assistant turn of a trajectory in one sequence, length-grouped batches, the precision
+``auto`` chooses (bf16 autocast where the CPU has it natively, fp32 where it is emulated), LoRA. Each run is a child process (its own peak RSS); the final loss of each model is
 measured on the same held-out trajectories. Prints a table and ``speedup: R.RRx`` (baseline wall
-time over ours: every turn in one sequence, length-grouped, bf16; LoRA is measured beside it
+time over ours: every turn in one sequence, length-grouped, auto precision; LoRA is measured beside it
 but not chosen, since at the same learning rate it does not reach the same loss).
 """
 from __future__ import annotations
@@ -29,10 +29,11 @@ from pathlib import Path
 VARIANTS = {
     "baseline": {"rows": "per_step", "precision": "fp32", "sampler": "random", "method": "full"},
     "one_sequence": {"rows": "trajectory", "precision": "fp32", "sampler": "random", "method": "full"},
-    "one_sequence+grouped+bf16": {"rows": "trajectory", "precision": "bf16", "sampler": "group_by_length", "method": "full"},
-    "one_sequence+grouped+bf16+lora": {"rows": "trajectory", "precision": "bf16", "sampler": "group_by_length", "method": "lora"},
+    # auto: bf16 autocast where the hardware has it natively, fp32 where bf16 would be emulated (slmlib.train)
+    "one_sequence+grouped+auto": {"rows": "trajectory", "precision": "auto", "sampler": "group_by_length", "method": "full"},
+    "one_sequence+grouped+auto+lora": {"rows": "trajectory", "precision": "auto", "sampler": "group_by_length", "method": "lora"},
 }
-OURS = "one_sequence+grouped+bf16"
+OURS = "one_sequence+grouped+auto"
 
 
 def select(model: str, n_train: int, n_eval: int, max_length: int, seed: int, data_root: str) -> tuple[list, list]:
@@ -128,8 +129,10 @@ def main(args) -> int:
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         print(json.dumps(results[-1]), file=sys.stderr, flush=True)
     base = results[0]
+    from slmlib.train import choose_precision
     print(f"model {args.model}, {len(train_tasks)} trajectories ({base['supervised_tokens']} supervised tokens), "
-          f"{args.steps} optimizer steps, lr {args.lr}, held-out loss on {len(eval_tasks)} trajectories")
+          f"{args.steps} optimizer steps, lr {args.lr}, held-out loss on {len(eval_tasks)} trajectories; "
+          f"CPU {cpu_capability()}, precision auto = {choose_precision('auto')[1]}")
     print(f"{'variant':34} {'rows':>5} {'tokens':>7} {'sup.tok/s':>9} {'wall s':>8} {'eval loss':>9} {'Δloss':>7} {'RSS GB':>6} {'speed':>6}")
     for r in results:
         print(f"{r['variant']:34} {r['rows']:5d} {r['tokens']:7d} {r['supervised_tokens_per_s']:9.1f} {r['wall_s']:8.1f} "

@@ -53,7 +53,7 @@ class TrainConfig:
     gradient_accumulation: int = 4
     max_grad_norm: float = 0.3
     weight_decay: float = 0.01
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 where the hardware has it natively (slmlib.train)
     gradient_checkpointing: bool = False
     loss_on: Literal["last", "all"] = "all"  # last assistant turn (ToolLLaMA) or every assistant turn
     lora_r: int = 16

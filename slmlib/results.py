@@ -140,7 +140,7 @@ def floor_lines(evals: dict[str, dict[str, dict]]) -> list[str]:
 def markdown(summary: dict, command: str) -> str:
     """The results folder's README: what ran, where, how long, and what it shows."""
     dev = summary["device"]
-    machine = dev.get("gpu") or f"CPU only, {dev['cpu_count']} cores"
+    machine = dev.get("gpu") or f"CPU only, {dev['cpu_count']} cores" + (f", {dev['cpu_capability']}" if "cpu_capability" in dev else "")
     lines = [f"# Results: run `{summary['run_id']}`", "",
              "Produced by the command below at commit "
              f"`{(summary['git_sha'] or 'unknown')[:12]}`{DIRTY.get(summary['git_dirty'], '')}; `profile.yaml` is the exact "

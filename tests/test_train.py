@@ -6,6 +6,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 from slmlib import config, models, schema, train
 from slmlib.data import apibank
@@ -24,7 +25,7 @@ def small(tmp_path_factory, data_root):
     schema.write_jsonl(folder / "train.jsonl", tasks)
     (folder / "p.yaml").write_text(
         "model: {name: tiny-opt}\ndata: {max_length: 1024}\n"
-        "train: {max_steps: 6, warmup_steps: 0, learning_rate: 1.0e-3, per_device_batch_size: 2, "
+        "train: {max_steps: 6, warmup_steps: 0, learning_rate: 1.0e-3, per_device_batch_size: 2, precision: fp32, "
         "gradient_accumulation: 1, save_steps: 2, logging_steps: 1}\n")
     return folder
 
@@ -56,10 +57,30 @@ def test_smoke_profile_trains_from_the_cli(tmp_path):
     assert rendering["format"] == "toolbench-react" and rendering["loss_on"] == "all"
     card = (model_dir / "README.md").read_text()
     assert "tiny-opt" in card and "final training loss" in card
+    # smoke leaves the precision to auto: bf16 where this CPU has it natively, fp32 where it would be emulated
+    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert summary["precision"] == ("bf16" if native else "fp32")
+    assert torch.backends.cpu.get_cpu_capability() in summary["precision_reason"] and summary["precision_reason"] in card
     model, tok = models.load(str(model_dir))
     assert model.config.model_type == "opt" and tok.pad_token == "<pad>"
     log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in log] == [1, 2, 3, 4] and all(e["supervised_tokens_per_s"] > 0 for e in log)
+
+
+def test_auto_precision_takes_bf16_only_where_the_hardware_has_it(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for native, chosen, words in ((True, "bf16", "with native bf16"), (False, "fp32", "without native (emulated) bf16")):
+        monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native)
+        precision, why = train.choose_precision("auto")
+        assert precision == chosen and why == f"{chosen} by auto: CPU {torch.backends.cpu.get_cpu_capability()} {words}"
+    assert train.choose_precision("bf16") == ("bf16", f"bf16 as the profile sets; CPU {torch.backends.cpu.get_cpu_capability()} "
+                                               "without native (emulated) bf16")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: "Old GPU")
+    for native, chosen in ((True, "bf16"), (False, "fp16")):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: native)
+        assert train.choose_precision("auto")[0] == chosen
+    assert config.TrainConfig().precision == "auto"
 
 
 def test_kill_and_resume_reaches_the_same_loss(small, uninterrupted, tmp_path):
