@@ -92,10 +92,10 @@ def _evaluate(args) -> int:
 
 def _floors(args) -> int:
     from slmlib import floors
-    from slmlib.evaluate import AutoEnv
+    from slmlib import envs
     from slmlib.schema import read_jsonl
     tasks = read_jsonl(args.tasks)
-    result = floors.floors(tasks, AutoEnv(), args.max_steps)
+    result = floors.floors(tasks, envs.make("auto"), args.max_steps)
     print(json.dumps(result, indent=2))
     return 0 if all(f["pass_rate"] <= floors.FLOOR for f in result.values()) else 1
 
@@ -192,8 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--tasks", required=True, help="task file (JSON Lines, schema v1)")
     ev.add_argument("--out", required=True, help="folder for predictions.jsonl and metrics.json")
     ev.add_argument("--mode", choices=("episode", "step"), default="episode")
-    ev.add_argument("--env", choices=("auto", "replay", "stub", "http"), default="auto",
-                    help="auto: replay where a task has recordings, the schema stub elsewhere")
+    ev.add_argument("--env", choices=("auto", "replay", "stub", "http", "cfb"), default="auto",
+                    help="auto: replay where a task has recordings, the schema stub elsewhere; "
+                    "cfb: ComplexFuncBench's own protocol for its tasks (slmlib.envs.cfb)")
     ev.add_argument("--url", help="StableToolBench virtual API server, for --env http")
     ev.add_argument("--max-steps", type=positive, default=10, help="tool calls per episode")
     ev.add_argument("--limit", type=int, default=-1, help="first N tasks; -1 = all")

@@ -84,6 +84,7 @@ class EvalConfig:
     decoding: Decoding = "free"            # "grammar": every step under its task's grammar (slmlib.grammar)
     decodings: list[Decoding] = field(default_factory=list)  # every model also evaluated with these; [] = decoding alone
     baselines: list[str] = field(default_factory=lambda: ["smollm2-135m-instruct", "gemma-3-270m"])
+    env: Literal["auto", "cfb"] = "auto"   # cfb: ComplexFuncBench's own protocol for its tasks (slmlib.envs.cfb)
     agent: Literal["react", "dfsdt"] = "react"  # one chain, or ToolBench's depth-first search over chains
     search: SearchConfig = field(default_factory=SearchConfig)  # with agent: dfsdt
 

@@ -75,16 +75,6 @@ def append_line(path: Path, record: dict) -> None:
         os.fsync(f.fileno())
 
 
-class AutoEnv:
-    """Replay for tasks with recordings, the schema stub for the rest."""
-
-    def __init__(self):
-        self.replay, self.stub = envs.make("replay"), envs.make("stub")
-
-    def call(self, task: dict, name: str, arguments: dict) -> str:
-        return (self.replay if task.get("replay") else self.stub).call(task, name, arguments)
-
-
 def gold_trajectory(task: dict) -> list[dict]:
     """The task's own trajectory, or one built from ``gold_calls`` and ``replay`` (in order)."""
     if any(m["role"] == "assistant" for m in task["messages"]):
@@ -219,7 +209,7 @@ def evaluate(model: str, tasks_file: str | Path, out_dir: str | Path, *, adapter
     by_id = {t["id"]: t for t in tasks}
     todo = [t for t in tasks if t["id"] not in skip]
     peak: dict[str, Any] = {}
-    environment = AutoEnv() if env == "auto" else envs.make(env, url)
+    environment = envs.make(env, url)
     if todo:  # a rerun with every episode stored only judges them again: no model to load
         fresh_peak = memory.reset_peak()
         mdl, tok = load_model(model, adapter, dtype)
@@ -239,6 +229,9 @@ def evaluate(model: str, tasks_file: str | Path, out_dir: str | Path, *, adapter
     previous = read_json(out / "metrics.json") if skip and (out / "metrics.json").is_file() else {}
     metrics = {"mode": "episode", "model": model, "adapter": adapter, "tasks": str(tasks_file), "judge": judge_name,
                **settings, **judge.metrics(records), **rollout_peak(previous, peak)}
+    if env == "cfb":  # ComplexFuncBench's own success and call accuracy, beside our verdicts
+        from slmlib.envs import cfb
+        metrics |= cfb.metrics([cfb.verdict(by_id[r["id"]], r) for r in records if by_id[r["id"]].get("source") == "complexfuncbench"])
     if judge_name == "offline" and env != "http":  # offline, the floors cost a second; a live server is not ours to load
         metrics["floors"] = floors.floors(tasks, environment, max_steps)
     atomic_write_json(out / "metrics.json", metrics)
@@ -271,5 +264,5 @@ def evaluate_run(profile, run_path: str | Path) -> dict[str, dict[str, dict]]:
                     model, task_file, run / "eval" / label / task_set, adapter=adapter, max_steps=profile.eval.max_steps,
                     batch_size=profile.eval.batch_size, temperature=profile.eval.temperature,
                     max_new_tokens=profile.eval.max_new_tokens, seed=profile.seed, key_guard=profile.eval.key_guard,
-                    decoding=decoding, agent=profile.eval.agent, search=profile.eval.search)
+                    decoding=decoding, agent=profile.eval.agent, search=profile.eval.search, env=profile.eval.env)
     return results

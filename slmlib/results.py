@@ -23,7 +23,7 @@ FIGURES = ("pass_rate_*.png", "call_quality.png", "error_breakdown.png", "traini
 OVERALL_KEYS = ("n_tasks", "pass_rate", "pass_rate_ci95", "format_valid_rate", "guarded_step_rate", "finish_rate",
                 "hallucinated_tool_rate", "tool_name_accuracy", "call_match_rate", "avg_steps", "seconds_per_task",
                 "tokens_per_second", "peak_rss_gb", "peak_gpu_gb", "error_labels", "decoding", "grammar_fallback_tasks",
-                "floors")
+                "floors", "model_calls_per_task", "new_tokens_per_task", "cfb_success_rate", "cfb_call_accuracy")
 # The experiment issue's targets, checked on the fine-tuned model's ComplexFuncBench numbers.
 PASS_TARGET, GAP_TARGET, FORMAT_TARGET, UNKNOWN_TOOL_TARGET = 0.50, 0.30, 0.99, 0.01
 PRIMARY_SET = "complexfuncbench"

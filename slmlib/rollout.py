@@ -238,9 +238,16 @@ def advance(ep: Episode, raw: str, env) -> None:
         ep.finish, ep.done = parsed.arguments(), True
         ep.steps.append(record)
         return
-    record["observation"] = env.call(ep.task, parsed.action, parsed.arguments())
+    ending = None
+    if hasattr(env, "respond"):  # a benchmark's protocol: it answers from the episode so far and may end it
+        record["observation"], ending = env.respond(ep.task, ep.steps, parsed.action, parsed.arguments())
+    else:
+        record["observation"] = env.call(ep.task, parsed.action, parsed.arguments())
     ep.messages.append({"role": "tool", "name": parsed.action, "content": record["observation"]})
     ep.steps.append(record)
+    if ending is not None:
+        ep.failure, ep.done = ending, True
+        return
     calls = [judge.call_key(name, args) for name, args in judge.calls_of({"steps": ep.steps})]
     repeats = calls.count(calls[-1])
     if repeats > judge.REPEAT_LIMIT:  # the judge fails this episode whatever follows: stop spending steps on it

@@ -2,7 +2,10 @@
 
 Every environment returns the observation text ``{"error": ..., "response": ...}`` for a call
 that parsed; ``replay`` answers from a task's recorded responses, ``stub`` from the tool's JSON
-Schema and ``template_response``, ``http`` from StableToolBench's virtual API server.
+Schema and ``template_response``, ``auto`` with the first where a task has recordings and the second
+elsewhere, ``http`` from StableToolBench's virtual API server, ``cfb`` as ComplexFuncBench's own runner
+for its tasks (its ``respond`` sees the episode's earlier steps and may end the episode; ``auto`` for
+other tasks).
 """
 from __future__ import annotations
 
@@ -29,10 +32,23 @@ def tool_of(task: dict, name: str) -> dict | None:
     return next((t for t in task["tools"] if t["name"] == name), None)
 
 
+class AutoEnv:
+    """Replay for tasks with recordings, the schema stub for the rest."""
+
+    def __init__(self):
+        self.replay, self.stub = make("replay"), make("stub")
+
+    def call(self, task: dict, name: str, arguments: dict) -> str:
+        return (self.replay if task.get("replay") else self.stub).call(task, name, arguments)
+
+
 def make(kind: str, url: str | None = None) -> Environment:
+    from slmlib.envs.cfb import CfbEnv
     from slmlib.envs.http import HttpEnv
     from slmlib.envs.replay import ReplayEnv
     from slmlib.envs.stub import StubEnv
+    if kind == "auto":
+        return AutoEnv()
     if kind == "replay":
         return ReplayEnv()
     if kind == "stub":
@@ -41,4 +57,6 @@ def make(kind: str, url: str | None = None) -> Environment:
         if not url:
             raise ValueError("the http environment needs the virtual API server's URL")
         return HttpEnv(url)
-    raise ValueError(f"unknown environment {kind!r}: replay, stub or http")
+    if kind == "cfb":
+        return CfbEnv()
+    raise ValueError(f"unknown environment {kind!r}: auto, replay, stub, http or cfb")

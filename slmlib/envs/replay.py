@@ -13,9 +13,13 @@ class ReplayEnv:
             return no_such_function(name)
         for record in task.get("replay", []):
             if record["name"] == name and _matches(record["arguments"], arguments):
-                response = record["response"]
-                return observation(**response) if _is_observation(response) else observation(response)
+                return recorded(record["response"])
         return observation(error="No recorded response for these arguments; check the parameter values")
+
+
+def recorded(response: Any) -> str:
+    """A recorded response as an observation (some recordings are observations already)."""
+    return observation(**response) if _is_observation(response) else observation(response)
 
 
 def _is_observation(response: Any) -> bool:

@@ -1,0 +1,102 @@
+"""ComplexFuncBench's own protocol (slmlib.envs.cfb) on a hand-made task: every ending, its messages and
+metrics, through the real rollout with scripted policies."""
+import json
+
+import pytest
+
+from slmlib import envs, judge, rollout
+from slmlib.envs import cfb
+from slmlib.errors import ErrorLabel
+
+SEARCH = {"name": "Search_Car_Rentals", "description": "Cars.", "parameters": {"type": "object", "properties": {
+    "pick_up_latitude": {"type": "number"}, "pick_up_date": {"type": "string"}, "currency_code": {"type": "string"},
+    "note": {"type": "string"}}, "required": ["pick_up_latitude", "pick_up_date"]}}
+DETAILS = {"name": "Vehicle_Details", "description": "One car.", "parameters": {"type": "object", "properties": {
+    "vehicle_id": {"type": "string"}, "search_key": {"type": "string"}}, "required": ["vehicle_id", "search_key"]}}
+LOOKUP = {"name": "Search_Car_Location", "description": "Where.", "parameters": {"type": "object", "properties": {
+    "query": {"type": "string"}}, "required": ["query"]}}
+GOLDEN = [
+    {"name": "Search_Car_Location", "arguments": {"query": "Sydney"}, "response": {"lat": -33.86}},
+    {"name": "Search_Car_Rentals", "arguments": {"pick_up_latitude": -33.86, "pick_up_date": "2024-11-15"},
+     "response": {"vehicle_id": "733", "search_key": "k1"}},
+    {"name": "Vehicle_Details", "arguments": {"vehicle_id": "733", "search_key": "k1"}, "response": {"seats": 5}},
+]
+TASK = {"id": "cfb-x", "group": "car", "source": "complexfuncbench", "tools": [SEARCH, DETAILS, LOOKUP],
+        "messages": [{"role": "user", "content": "A car in Sydney on 2024-11-15, and its details."}],
+        "gold_calls": [{"name": g["name"], "arguments": {k: [v] for k, v in g["arguments"].items()}} for g in GOLDEN],
+        "replay": GOLDEN}
+ANSWER = ("Finish", {"return_type": "give_answer", "final_answer": "Car 733, 5 seats."})
+
+
+def episode(*steps):
+    """Roll the scripted steps out in the cfb environment; returns (record, their verdict)."""
+    texts = [f"Thought: t\nAction: {name}\nAction Input: {json.dumps(args)}" for name, args in steps]
+    (ep,) = rollout.play(rollout.scripted(lambda ep: texts[len(ep.steps)]), [TASK], envs.make("cfb"), rollout.Decoding())
+    record = rollout.episode_record(ep)
+    return record, cfb.verdict(TASK, record)
+
+
+def test_every_golden_call_then_an_answer_is_a_success_and_the_lookup_is_free():
+    record, verdict = episode(*[(g["name"], g["arguments"]) for g in GOLDEN[1:]], ANSWER)
+    assert verdict == {"label": "success", "success": True, "correct_calls": 2, "golden_calls": 3}
+    assert json.loads(record["steps"][0]["observation"]) == {"error": "", "response": {"vehicle_id": "733", "search_key": "k1"}}
+    # our replay verdict asks for every gold call, the look-up included: stricter than theirs here
+    assert judge.judge(TASK, record)["label"] == ErrorLabel.MISSING_CALL
+    record, _ = episode(*[(g["name"], g["arguments"]) for g in GOLDEN], ANSWER)
+    assert judge.judge(TASK, record)["passed"]
+    assert cfb.metrics([verdict, {**verdict, "success": False, "correct_calls": 0}]) == \
+        {"cfb_success_rate": 0.5, "cfb_call_accuracy": 2 / 6}
+
+
+def test_a_format_error_gets_their_message_and_may_be_retried():
+    record, verdict = episode(("Search_Car_Rentals", {"pick_up_latitude": "-33.86", "pick_up_date": "2024-11-15"}),
+                              *[(g["name"], g["arguments"]) for g in GOLDEN[1:]], ANSWER)
+    assert json.loads(record["steps"][0]["observation"])["error"] == (
+        "Parameter pick_up_latitude of function Search_Car_Rentals should be a number, but <class 'str'> is provided.")
+    assert verdict["label"] == "success"
+    _, missing = episode(("Search_Car_Rentals", {"pick_up_date": "2024-11-15"}), ANSWER)
+    assert missing["label"] == "stop_early"
+
+
+@pytest.mark.parametrize("call,label,ours", [
+    (("Vehicle_Details", {"vehicle_id": "1", "search_key": "k1"}), "value_error", ErrorLabel.VALUE_ERROR),
+    (("Search_Car_Rentals", {"pick_up_latitude": -33.86, "pick_up_date": "2024-11-16"}), "value_error", ErrorLabel.VALUE_ERROR),
+    (("Search_Car_Rentals", {"pick_up_latitude": -33.86, "pick_up_date": "2024-11-15", "note": "x"}), "param_hallucination",
+     ErrorLabel.UNEXPECTED_PARAM),
+    (("Search_Car_Rentals", {"pick_up_latitude": -33.86, "pick_up_date": "2024-11-15", "currency_code": "AUD"}),
+     "param_hallucination", ErrorLabel.UNEXPECTED_PARAM),
+])
+def test_a_valid_call_that_matches_nothing_ends_the_episode_with_their_label(call, label, ours):
+    record, verdict = episode(call, ANSWER)
+    assert verdict["label"] == label and not verdict["success"] and len(record["steps"]) == 1
+    assert json.loads(record["steps"][0]["observation"])["response"] == cfb.UNEXPECTED_CALL
+    assert judge.judge(TASK, record)["label"] == ours and record["failure"][1].startswith(f"ComplexFuncBench {label}")
+
+
+def test_other_endings():
+    _, early = episode(ANSWER)
+    assert early["label"] == "stop_early"
+    record, extra = episode(*[(g["name"], g["arguments"]) for g in GOLDEN], ("Vehicle_Details", {"vehicle_id": "9", "search_key": "k"}))
+    assert extra["label"] == "func_hallucination" and extra["correct_calls"] == 3
+    assert judge.judge(TASK, record)["label"] == ErrorLabel.IRRELEVANCE
+    wrong = {"name": "Vehicle_Details", "arguments": {"vehicle_id": "733", "search_key": "k1"}}
+    assert cfb.mismatch(wrong, GOLDEN[1]) == ("func_error", "Do not call the correct function.")
+    (ep,) = rollout.play(rollout.scripted(lambda ep: "Thought: t\nAction: Search_Car_Rentals\nAction Input: {nope"),
+                         [TASK], envs.make("cfb"), rollout.Decoding())
+    assert cfb.verdict(TASK, rollout.episode_record(ep))["label"] == "decode_error"
+    # a task of another source gets the auto environment, and nothing ends its episode but the model
+    other = {**TASK, "source": "stabletoolbench", "replay": []}
+    (ep,) = rollout.play(rollout.scripted(lambda ep: "Thought: t\nAction: Vehicle_Details\nAction Input: {\"vehicle_id\": \"1\", "
+                                          "\"search_key\": \"k\"}" if not ep.steps else
+                                          'Thought: t\nAction: Finish\nAction Input: {"return_type": "give_answer", "final_answer": "x"}'),
+                         [other], envs.make("cfb"), rollout.Decoding())
+    assert ep.failure is None and ep.finish["final_answer"] == "x"
+
+
+def test_evaluate_in_the_cfb_environment_reports_their_metrics_beside_ours(tmp_path):
+    from slmlib import schema
+    from slmlib.evaluate import evaluate
+    schema.write_jsonl(tmp_path / "tasks.jsonl", [TASK])
+    m = evaluate("tiny-opt", tmp_path / "tasks.jsonl", tmp_path / "eval", env="cfb", max_new_tokens=24, batch_size=1)
+    assert m["env"] == "cfb" and m["cfb_success_rate"] == 0.0 and 0.0 <= m["cfb_call_accuracy"] <= 1.0
+    assert m["pass_rate"] == 0.0 and set(m["floors"]) == {"finish_at_once", "call_every_tool", "echo_query", "repeat_first_call"}
