@@ -125,7 +125,23 @@ def step_view(row: pd.Series, index: int) -> dict[str, str]:
     gold = task.get("gold_calls") or [{"name": n} for n in task.get("relevant_tools", [])]
     return {"prompt": prompt, "raw": s.get("raw", ""), "parsed": json.dumps(s.get("step"), ensure_ascii=False, indent=1),
             "expected": json.dumps(gold, ensure_ascii=False, indent=1), "observation": s.get("observation", ""),
-            "verdict": f"{row['label']}: {row['detail']}"}
+            "verdict": f"{row['label']}: {row['detail']}", "search": search_tree(record)}
+
+
+def search_tree(record: dict) -> str:
+    """A searched episode's tree as indented lines (``*`` marks the chain the judge saw); empty for ReAct."""
+    nodes = record.get("tree") or []
+    depth: dict[int, int] = {}
+    lines = []
+    for n in nodes:
+        depth[n["node"]] = 0 if n["parent"] is None else depth[n["parent"]] + 1
+        if n["parent"] is None:
+            continue
+        step = (n["step"] or {}).get("step")
+        what = f"{step['action']} {step['action_input']}" if step else f"unparsable: {(n['step'] or {}).get('raw', '')[:60]!r}"
+        lines.append(f"{'*' if n['judged'] else ' '} {'  ' * (depth[n['node']] - 1)}{n['node']}. {what[:120]} -> {n['kind']}"
+                     + (" (after the diversity prompt)" if n["diversity"] else ""))
+    return "\n".join(lines)
 
 
 def _history_len(record: dict, index: int) -> int:

@@ -64,4 +64,5 @@ class FailureInspector:
                            f"{html.escape(v['verdict'])}</p>"
                            f"<div style='display:flex;gap:8px'>{cell('prompt (end)', v['prompt'][-1500:])}{cell('raw output', v['raw'])}</div>"
                            f"<div style='display:flex;gap:8px'>{cell('parsed call', v['parsed'])}{cell('expected', v['expected'])}"
-                           f"{cell('observation', v['observation'])}</div>")
+                           f"{cell('observation', v['observation'])}</div>"
+                           + (f"<div>{cell('search tree (* = the chain judged)', v['search'])}</div>" if v["search"] else ""))

@@ -2,7 +2,7 @@
 grammar decoding in a batch."""
 import json
 
-from slmlib import envs, judge, rollout
+from slmlib import analysis, envs, judge, rollout
 from slmlib.agents import dfsdt
 from slmlib.config import SearchConfig
 from slmlib.errors import ErrorLabel
@@ -57,6 +57,11 @@ def test_gives_up_on_the_first_branch_and_answers_on_the_second():
     assert seen[2] == {"role": "user", "content": TOOLBENCH_DIVERSITY.replace("{previous_candidate}", listed + "\n")}
     # it was shown for that one step only: the second branch's conversation goes on without it
     assert all(m["role"] != "user" for m in record["messages"][1:])
+    # the inspector draws the tree, the judged chain marked
+    assert analysis.search_tree(record).splitlines() == [
+        "  1. get_news {} -> open", "    2. Finish " + record["tree"][2]["step"]["step"]["action_input"] + " -> give_up",
+        '* 3. get_weather {"city": "Paris"} -> open (after the diversity prompt)',
+        "*   4. Finish " + record["steps"][-1]["step"]["action_input"] + " -> answer"]
 
 
 def test_a_search_that_spends_its_budget_fails_with_the_budget_label():
