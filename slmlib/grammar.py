@@ -117,14 +117,16 @@ def _literal(text: str) -> str:
 FINISH_OPENING, FINISH_BETWEEN, FINISH_CLOSING = FINISH + tbf.ACTION_INPUT + '{"return_type": ', ', "final_answer": "', '"}'
 # Nothing is forced, so a model may spell the literals one character per token: the answer gets what is left.
 FINISH_OVERHEAD = len(tbf.THOUGHT + tbf.ACTION + FINISH_OPENING + '"give_up_and_restart"' + FINISH_BETWEEN + FINISH_CLOSING)
-JSON_STRING_BODY = r'/([^"\\\x00-\x1f]|\\["\\\/bfnrt])*/'   # the inside of a JSON string, escapes included
+# The inside of the answer's JSON string, without escapes: llguidance ends a lexeme at its max_tokens even where
+# the regex would not (seen: an answer cut right after a backslash, its closing quote escaped, the step invalid).
+ANSWER_BODY = r'/[^"\\\x00-\x1f]*/'
 
 
 def _finish_rules(answer_tokens: int) -> str:
     kinds = " | ".join(_literal(json.dumps(k)) for k in ("give_answer", "give_up_and_restart"))
     return (f"finish: {_literal(FINISH_OPENING)} return_type {_literal(FINISH_BETWEEN)} answer {_literal(FINISH_CLOSING)}\n"
             f"return_type: {kinds}\n"
-            f"answer[max_tokens={answer_tokens}]: {JSON_STRING_BODY}\n")
+            f"answer[max_tokens={answer_tokens}]: {ANSWER_BODY}\n")
 
 
 def lark(alternatives: list[tuple[str, dict]], thought_tokens: int = THOUGHT_TOKENS, max_new_tokens: int = 256) -> str:

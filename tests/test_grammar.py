@@ -142,3 +142,27 @@ def test_the_grammar_keeps_a_real_model_to_its_rows_tools():
     texts = [tok.decode(row[len(prompt):], skip_special_tokens=True) for row in constrained]
     steps_are_valid(texts, tasks)
     assert all(n not in tok.decode(free[0, len(prompt):]) for n in ("zq_lookup_7", "wx_other_tool"))
+
+
+def test_an_answer_that_reaches_its_token_limit_still_closes_as_json(smol_tokenizer):
+    """llguidance ends a lexeme at its max_tokens even mid-escape (an answer cut after a backslash, its closing
+    quote escaped, was seen under grammar decoding): the answer takes no backslash, so any cut closes cleanly."""
+    import llguidance
+    import numpy as np
+    tok = smol_tokenizer
+    t = {"id": "t", "tools": [{"name": "f", "parameters": {"type": "object", "properties": {}}}]}
+    matcher = llguidance.LLMatcher(grammar.ll_tokenizer(tok), grammar.for_task(t, max_new_tokens=120).text)
+    opening = '\nThought: x\nAction: Finish\nAction Input: {"return_type": "give_answer", "final_answer": "'
+    assert matcher.consume_tokens(tok(opening, add_special_tokens=False).input_ids)
+    vocab = {i: tok.decode([i]) for i in range(len(tok))}
+    backslashes = [i for i, s in vocab.items() if "\\" in s]
+    written = []
+    while not matcher.is_stopped():
+        mask = np.unpackbits(np.frombuffer(matcher.compute_bitmask(), dtype=np.uint8), bitorder="little")
+        allowed = np.flatnonzero(mask[:len(tok)])
+        assert not set(backslashes) & set(allowed.tolist())  # never a backslash inside the answer
+        pick = max(allowed, key=lambda i: ("\\" in vocab[i], vocab[i] == "\\n", len(vocab[i]) if '"' not in vocab[i] else -1))
+        assert matcher.consume_token(int(pick)), matcher.get_error()
+        written.append(int(pick))
+    step = tbf.parse_step(opening.lstrip("\n") + tok.decode(written, skip_special_tokens=True))
+    assert isinstance(step, tbf.Step) and step.arguments()["return_type"] == "give_answer"
