@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from slmlib import analysis
+from slmlib.config import REPO
 from slmlib.pipeline import notebook_seconds
 from slmlib.run import atomic_write_json, atomic_write_text, read_json
 
@@ -208,28 +209,45 @@ def markdown(summary: dict, command: str) -> str:
     return "\n".join(lines)
 
 
+def relative(text: str) -> str:
+    """``text`` with this checkout's absolute paths made relative to the repository (``/…/main/params`` ->
+    ``params``, ``/…/shared/data`` -> ``../shared/data``): committed files do not name the machine that made them."""
+    return text.replace(f"{REPO}/", "").replace(f"{REPO.parent}/", "../")
+
+
+def _relative_json(obj: Any) -> Any:
+    if isinstance(obj, str):
+        return relative(obj)
+    if isinstance(obj, dict):
+        return {k: _relative_json(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_relative_json(v) for v in obj]
+    return obj
+
+
 def export(run_path: str | Path, out_dir: str | Path = "results", *, command: str | None = None,
            overwrite: bool = False) -> Path:
     """Write the results folder of a finished run (see the module docstring); returns it."""
     from nbconvert import HTMLExporter
     run, out = Path(run_path), Path(out_dir)
-    summary = collect(run)
+    summary = _relative_json(collect(run))
     if (out / "metrics.json").is_file() and not overwrite:
         raise ResultsExist(f"{out} already holds results (run {read_json(out / 'metrics.json').get('run_id')}); "
                            "pass overwrite to replace them")
     if command is None:
-        command = f"make run PROFILE={_profile(summary)}\n.venv/bin/python -m slmlib results {run} --out {out}"
+        command = relative(f"make run PROFILE={_profile(summary)}\n.venv/bin/python -m slmlib results {run.resolve()} --out {out}")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "metrics.json", summary)
     table = analysis.metrics_table(run)
     atomic_write_text(out / "metrics.csv", table.to_csv(index=False))
-    if summary["profile_file"] and Path(summary["profile_file"]).is_file():
-        atomic_write_text(out / "profile.yaml", Path(summary["profile_file"]).read_text(encoding="utf-8"))
+    profile_file = summary["profile_file"] and REPO / summary["profile_file"]  # relative to the repository now
+    if profile_file and profile_file.is_file():
+        atomic_write_text(out / "profile.yaml", profile_file.read_text(encoding="utf-8"))
     exporter = HTMLExporter()
     for stem in HTML_NOTEBOOKS:
         if (run / f"{stem}.ipynb").is_file():
             body, _ = exporter.from_filename(str(run / f"{stem}.ipynb"))
-            atomic_write_text(out / f"{stem}.html", body)
+            atomic_write_text(out / f"{stem}.html", relative(body))
     for pattern in FIGURES:
         for fig in sorted(run.glob(pattern)):
             tmp = out / f".{fig.name}.tmp"

@@ -101,6 +101,9 @@ def test_results_export_matches_the_run_and_is_not_overwritten(smoke_run, tmp_pa
     cfb = read_json(smoke_run / "eval" / "tiny-opt-sft" / "complexfuncbench" / "metrics.json")
     assert summary["eval"]["tiny-opt-sft"]["complexfuncbench"]["pass_rate"] == cfb["pass_rate"]
     assert summary["train"]["steps"] == 4 and set(summary["notebook_seconds"]) == set(read_json(smoke_run / "run_manifest.json")["notebooks"])
+    # committed files name no machine: the repository's own paths are relative to it
+    assert summary["profile_file"] == "params/smoke.yaml" and summary["params"]["data"]["root"] == "../shared/data"
+    assert all(str(REPO) not in (out / name).read_text() for name in ("metrics.json", "README.md", "05_results.html"))
     readme = (out / "README.md").read_text()
     lo, hi = cfb["pass_rate_ci95"]
     assert f"| tiny-opt-sft | complexfuncbench | 8 | {100 * cfb['pass_rate']:.1f}% [{100 * lo:.1f}%, {100 * hi:.1f}%] |" in readme
