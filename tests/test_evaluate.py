@@ -316,6 +316,8 @@ def test_a_users_mistake_is_one_line_and_status_2(tmp_path):
         ("evaluate", "--model", "tiny-opt", "--tasks", str(good), "--out", out, "--batch-size", "0"): "--batch-size: must be at least 1",
         ("run", "--params", str(tmp_path / "nope.yaml")): "nope.yaml",
         ("run", "--from", "03_evaluation"): "--from re-executes part of a run",
+        ("bundle", "--out", str(tmp_path)): "is not empty: give a new folder",
+        ("bundle", "--out", str(tmp_path / "b"), "--python-version", "2.7"): "no wheels for Python 2.7",
     }
     for args, named in cases.items():
         proc = slmlib_cli(*args)
