@@ -177,14 +177,17 @@ def markdown(summary: dict, command: str) -> str:
                   f"{sum(m['n_tasks'] * m['seconds_per_task'] for m in episodes) / 60:.1f} min of rollout summed over them.", ""]
     lines += ["## Pass rate and call quality (overall per task set)", "",
               "| model | task set | n | pass rate [95% CI] | format-valid steps | guarded steps | unknown-tool calls | "
-              "call match | s/task | peak RSS GB |", "|---|---|---|---|---|---|---|---|---|---|"]
+              "call match | model calls/task | tokens/task | s/task | peak RSS GB |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for model, sets in summary["eval"].items():
         for task_set, m in sorted(sets.items()):
             lo, hi = m["pass_rate_ci95"]
+            # what a task cost; before a search existed, a model call was a step
+            calls = m.get("model_calls_per_task", m.get("avg_steps"))
+            tokens = m.get("new_tokens_per_task", m.get("tokens_per_second", 0) * m["seconds_per_task"])
             lines.append(f"| {model} | {task_set} | {m['n_tasks']} | {_pct(m['pass_rate'])} [{_pct(lo)}, {_pct(hi)}] | "
                          f"{_pct(m['format_valid_rate'])} | {_pct(m.get('guarded_step_rate'))} | "
                          f"{_pct(m['hallucinated_tool_rate'])} | {_pct(m['call_match_rate'])} | "
-                         f"{m['seconds_per_task']:.1f} | {_num(m.get('peak_rss_gb'))} |")
+                         f"{_num(calls, '{:.1f}')} | {tokens:.0f} | {m['seconds_per_task']:.1f} | {_num(m.get('peak_rss_gb'))} |")
     lines += decoding_lines(summary["eval"])
     lines += floor_lines(summary["eval"])
     lines += ["", "## Pass rate per group", "", "| model | task set | group | n | pass rate [95% CI] | call match |",
