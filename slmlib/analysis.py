@@ -138,7 +138,8 @@ def search_tree(record: dict) -> str:
         if n["parent"] is None:
             continue
         step = (n["step"] or {}).get("step")
-        what = f"{step['action']} {step['action_input']}" if step else f"unparsable: {(n['step'] or {}).get('raw', '')[:60]!r}"
+        what = (f"{step['action']} {step['action_input']}" if step else "(no step: the conversation exceeds the window)"
+                if n["step"] is None else f"unparsable: {n['step'].get('raw', '')[:60]!r}")
         lines.append(f"{'*' if n['judged'] else ' '} {'  ' * (depth[n['node']] - 1)}{n['node']}. {what[:120]} -> {n['kind']}"
                      + (" (after the diversity prompt)" if n["diversity"] else ""))
     return "\n".join(lines)

@@ -71,6 +71,15 @@ def test_a_search_that_spends_its_budget_fails_with_the_budget_label():
     assert judge.judge(WEATHER_TASK, record)["label"] == ErrorLabel.BUDGET_EXHAUSTED
 
 
+def test_a_conversation_over_the_window_fails_its_branch_only():
+    answers = iter([None, (finish("give_answer", "20 C"), 3, 0.0)])
+    (record,) = dfsdt.run(lambda episodes: [next(answers) for _ in episodes], [WEATHER_TASK], envs.make("replay"),
+                          rollout.Decoding())
+    assert [n["kind"] for n in record["tree"]] == ["open", "failed", "answer"] and record["tree"][1]["step"] is None
+    assert not record["tree"][2]["diversity"]  # nothing parsed to list: no diversity prompt, as DFS.py
+    assert "(no step: the conversation exceeds the window)" in analysis.search_tree(record)
+
+
 def test_chains_stop_at_their_step_limit_and_the_tree_at_its_width():
     wander = rollout.scripted(lambda ep: step("get_weather", {"city": f"city {len(ep.steps)} {len(ep.messages)}"}))
     (record,) = dfsdt.run(wander, [WEATHER_TASK], envs.make("replay"), rollout.Decoding(), SearchConfig(width=2, chain_steps=2))

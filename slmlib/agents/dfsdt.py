@@ -43,6 +43,7 @@ class Node:
     parent: "Node | None" = None
     children: list["Node"] = field(default_factory=list)
     diversity: bool = False           # its step was written under the diversity prompt
+    step: dict | None = None          # its own step's record (None for the root, or a step that did not fit the window)
 
     @property
     def kind(self) -> str:
@@ -56,7 +57,7 @@ def candidates(node: Node) -> list[dict]:
     """The earlier children of ``node`` as DFS.py lists them for the diversity prompt (parsed steps only)."""
     out = []
     for child in node.children:
-        record = child.ep.steps[-1]
+        record = child.step or {}
         step = record.get("step")
         if step is None:
             continue
@@ -118,6 +119,7 @@ class Tree:
                 rollout.overflow(child.ep)
             else:
                 rollout.advance(child.ep, result[0], self.env)
+            child.step = child.ep.steps[-1] if len(child.ep.steps) > len(node.ep.steps) else None
             node.children.append(child)
             self.nodes.append(child)
             back = yield from self.expand(child)
@@ -150,7 +152,7 @@ class Tree:
         index = {id(n): i for i, n in enumerate(self.nodes)}
         record["model_calls"] = self.calls
         record["tree"] = [{"node": i, "parent": index[id(n.parent)] if n.parent else None, "kind": n.kind,
-                           "step": n.ep.steps[-1] if n.parent else None, "diversity": n.diversity,
+                           "step": n.step, "diversity": n.diversity,
                            "judged": id(n) in chain} for i, n in enumerate(self.nodes)]
         return record
 
