@@ -75,6 +75,11 @@ def returned_values(observation: str) -> list[str]:
 
 
 def _leaves(value: Any) -> Iterator[Any]:
+    if isinstance(value, str) and value[:1] in ("{", "["):  # ToolBench's responses are often JSON in a string
+        try:
+            value = json.loads(value)
+        except ValueError:
+            pass
     if isinstance(value, dict):
         for v in value.values():
             yield from _leaves(v)

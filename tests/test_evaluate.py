@@ -121,6 +121,8 @@ def test_returned_values_of_whole_and_cut_observations():
     cut = '{"error": "", "response": {"a": "Lionel Messi", "b": [12345, 7], "c": "Barcelo' + "..."
     assert sorted(judge.returned_values(cut)) == ["12345", "Lionel Messi"]
     assert judge.returned_values('{"error": "boom", "response": {"a": "Lionel Messi"}}') == []
+    as_text = json.dumps({"error": "", "response": json.dumps({"club": "Inter Miami", "goals": [821]})})
+    assert sorted(judge.returned_values(as_text)) == ["821", "Inter Miami"]  # JSON inside the response string
 
 
 @pytest.mark.parametrize("text,end", [
