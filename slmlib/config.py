@@ -6,6 +6,7 @@ of the wrong type raises :class:`ConfigError` naming the file and the dotted key
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -177,7 +178,7 @@ def load(path: str | Path) -> Profile:
         raise ConfigError(f"{path}: 'eval.decodings' {profile.eval.decodings} must include 'eval.decoding' "
                           f"({profile.eval.decoding!r}), the decoding the run's results are reported with")
     root = Path(profile.data.root)
-    if not root.is_absolute():  # relative to the repository, wherever the caller runs
-        root = (REPO / root).resolve()
+    if not root.is_absolute():  # relative to the repository, wherever the caller runs; a symlinked ../shared
+        root = Path(os.path.normpath(REPO / root))  # stays where it is linked, so exports can name it relatively
     return dataclasses.replace(profile, data=dataclasses.replace(profile.data, root=str(root)))
 
