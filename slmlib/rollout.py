@@ -238,11 +238,7 @@ def advance(ep: Episode, raw: str, env) -> None:
         ep.finish, ep.done = parsed.arguments(), True
         ep.steps.append(record)
         return
-    ending = None
-    if hasattr(env, "respond"):  # a benchmark's protocol: it answers from the episode so far and may end it
-        record["observation"], ending = env.respond(ep.task, ep.steps, parsed.action, parsed.arguments())
-    else:
-        record["observation"] = env.call(ep.task, parsed.action, parsed.arguments())
+    record["observation"], ending = env.respond(ep.task, ep.steps, parsed.action, parsed.arguments())
     ep.messages.append({"role": "tool", "name": parsed.action, "content": record["observation"]})
     ep.steps.append(record)
     if ending is not None:

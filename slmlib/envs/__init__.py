@@ -4,19 +4,26 @@ Every environment returns the observation text ``{"error": ..., "response": ...}
 that parsed; ``replay`` answers from a task's recorded responses, ``stub`` from the tool's JSON
 Schema and ``template_response``, ``auto`` with the first where a task has recordings and the second
 elsewhere, ``http`` from StableToolBench's virtual API server, ``cfb`` as ComplexFuncBench's own runner
-for its tasks (its ``respond`` sees the episode's earlier steps and may end the episode; ``auto`` for
-other tasks).
+for its tasks (``auto`` for other tasks).
 """
 from __future__ import annotations
 
 import json
-from typing import Any, Protocol
+from typing import Any
 
 MAX_OBSERVATION = 1024  # ToolBench cuts observations to 1,024 characters and appends "..."
 
 
-class Environment(Protocol):
-    def call(self, task: dict, name: str, arguments: dict) -> str: ...
+class Environment:
+    """Answers a model's tool calls. ``respond`` is what the rollout asks: the observation, and the
+    ``(label, detail)`` that ends the episode, if the environment ends it. A stateless environment answers
+    ``call`` alone; a benchmark's protocol (``cfb``) overrides ``respond``, which sees the earlier steps."""
+
+    def call(self, task: dict, name: str, arguments: dict) -> str:
+        raise NotImplementedError
+
+    def respond(self, task: dict, steps: list[dict], name: str, arguments: dict) -> tuple[str, tuple[str, str] | None]:
+        return self.call(task, name, arguments), None
 
 
 def observation(response: Any = "", error: str = "") -> str:
@@ -32,7 +39,7 @@ def tool_of(task: dict, name: str) -> dict | None:
     return next((t for t in task["tools"] if t["name"] == name), None)
 
 
-class AutoEnv:
+class AutoEnv(Environment):
     """Replay for tasks with recordings, the schema stub for the rest."""
 
     def __init__(self):

@@ -24,7 +24,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from slmlib.envs import AutoEnv, observation, tool_of
+from slmlib.envs import AutoEnv, Environment, observation, tool_of
 from slmlib.envs.replay import recorded
 from slmlib.errors import ErrorLabel
 from slmlib.schema import FINISH
@@ -32,6 +32,7 @@ from slmlib.schema import FINISH
 EXACT_MATCH = json.loads((Path(__file__).parent / "cfb_exact_match_values.json").read_text())
 FREE_FUNCTIONS = ("Location_to_Lat_Long", "Search_Hotel_Destination", "Search_Attraction_Location",
                   "Search_Car_Location", "Search_Flight_Location", "Taxi_Search_Location")
+AFTER_THE_LAST = ("func_hallucination", "Expected to stop. But Model continue to output function call.")
 UNEXPECTED_CALL = {"api_status": True, "content": "There is a problem with your api call, please double-check for possible problems."}
 # their ending labels, as the labels our judge and error analysis know
 AS_OURS = {"func_error": ErrorLabel.WRONG_FUNC_NAME, "value_error": ErrorLabel.VALUE_ERROR,
@@ -109,8 +110,8 @@ class Episode:
         """The observation of one call; sets ``ending`` when the protocol ends the episode here."""
         golden = self.task["replay"]
         call = {"name": name, "arguments": arguments}
-        if not any(not is_free(golden[i]) for i in self.open) and not is_free(call):
-            self.ending = ("func_hallucination", "Expected to stop. But Model continue to output function call.")
+        if not self.required_open() and not is_free(call):
+            self.ending = AFTER_THE_LAST
             return observation(UNEXPECTED_CALL)
         hit = next((i for i in self.open if rule_match(call, golden[i])), None)
         if hit is not None:
@@ -121,19 +122,21 @@ class Episode:
         if error is not None:
             return observation(error=error)
         # pair it with an open golden call: the same function first (most equal values), else the first one
-        pairs = [i for i in self.open if golden[i]["name"] == name] or [i for i in self.open if not is_free(golden[i])]
+        pairs = [i for i in self.open if golden[i]["name"] == name] or self.required_open()
         if not pairs:  # only free look-ups left, and not this one
-            self.ending = ("func_hallucination", "Expected to stop. But Model continue to output function call.")
+            self.ending = AFTER_THE_LAST
         else:
             best = max(pairs, key=lambda i: sum(_same(k, v, golden[i]["arguments"].get(k)) for k, v in arguments.items()))
             self.ending = mismatch(call, golden[best])
         return observation(UNEXPECTED_CALL)
 
+    def required_open(self) -> list[int]:
+        """The golden calls still open that are not free look-ups."""
+        return [i for i in self.open if not is_free(self.task["replay"][i])]
+
     def answer(self) -> tuple[str, str]:
         """The ending of an episode that answered: stop_early while a required golden call is open."""
-        if any(not is_free(self.task["replay"][i]) for i in self.open):
-            return "stop_early", "Stop early."
-        return "success", "Success."
+        return ("stop_early", "Stop early.") if self.required_open() else ("success", "Success.")
 
 
 def replayed(task: dict, steps: list[dict]) -> Episode:
@@ -146,7 +149,7 @@ def replayed(task: dict, steps: list[dict]) -> Episode:
     return ep
 
 
-class CfbEnv:
+class CfbEnv(Environment):
     """Answers as ComplexFuncBench's runner does; its state comes from the episode's earlier steps.
     Tasks of other sources get the ``auto`` environment."""
 

@@ -7,10 +7,10 @@ import urllib.error
 import urllib.request
 
 from slmlib.data.toolbench import change_name, standardize
-from slmlib.envs import observation, no_such_function, tool_of
+from slmlib.envs import Environment, no_such_function, observation, tool_of
 
 
-class HttpEnv:
+class HttpEnv(Environment):
     def __init__(self, url: str, timeout: float = 30.0):
         self.url = url.rstrip("/") + "/virtual"
         self.timeout = timeout

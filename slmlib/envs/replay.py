@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from slmlib.envs import observation, no_such_function, tool_of
+from slmlib.envs import Environment, no_such_function, observation, tool_of
 from slmlib.values import same_value
 
 
-class ReplayEnv:
+class ReplayEnv(Environment):
     def call(self, task: dict, name: str, arguments: dict) -> str:
         if tool_of(task, name) is None:
             return no_such_function(name)

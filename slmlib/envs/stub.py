@@ -12,7 +12,7 @@ import hashlib
 import json
 from typing import Any
 
-from slmlib.envs import observation, no_such_function, tool_of
+from slmlib.envs import Environment, no_such_function, observation, tool_of
 from slmlib.values import schema_errors
 
 
@@ -41,7 +41,7 @@ def shaped(template: Any, seed: str, key: str = "value") -> Any:
     return {"str": f"{key}-{d[:6]}", "int": number, "float": number / 100, "bool": True}.get(template, template)
 
 
-class StubEnv:
+class StubEnv(Environment):
     def call(self, task: dict, name: str, arguments: dict) -> str:
         tool = tool_of(task, name)
         if tool is None:
