@@ -5,6 +5,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export TOKENIZERS_PARALLELISM ?= false
+# tcmalloc where Debian's libtcmalloc-minimal4 is installed: CPU training steps 1.3x faster than with glibc's
+# malloc, which returns every large tensor to the kernel and faults it in again (slmlib bench alloc)
+TCMALLOC := $(firstword $(wildcard /usr/lib/*/libtcmalloc_minimal.so.4))
 
 .PHONY: run test setup assets clean
 
@@ -21,7 +24,7 @@ assets: $(STAMP)
 	$(PY) -m slmlib assets fetch
 
 run: assets
-	$(PY) -m slmlib run --params params/$(PROFILE).yaml $(if $(RESUME),--resume $(RESUME)) $(if $(FROM),--from $(FROM))
+	$(if $(TCMALLOC),LD_PRELOAD=$(TCMALLOC)) $(PY) -m slmlib run --params params/$(PROFILE).yaml $(if $(RESUME),--resume $(RESUME)) $(if $(FROM),--from $(FROM))
 
 test: assets
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q

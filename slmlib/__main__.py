@@ -167,6 +167,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
 def build_parser() -> argparse.ArgumentParser:
     from slmlib.bench import EVAL_CONFIGS, VARIANTS  # light: its heavy imports are inside its functions
+    from slmlib.memory import tcmalloc
     p = Parser(prog="python -m slmlib", description=__doc__)
     p.add_argument("--debug", action="store_true", help="show the whole traceback of an error")
     sub = p.add_subparsers(dest="command", required=True)
@@ -251,7 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--lr", type=float, default=1e-4)
     bt.add_argument("--seed", type=int, default=0)
     bt.add_argument("--lora-targets", nargs="+", default=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
-    bt.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    bt.add_argument("--variants", nargs="+", default=[v for v, spec in VARIANTS.items() if spec.get("allocator") != "tcmalloc" or tcmalloc()],
+                    help="the first is the baseline; the tcmalloc one where libtcmalloc-minimal4 is installed")
     bt.add_argument("--data-root", default=None)
     bt.add_argument("--work", default="/tmp/slmlib-bench-train", help="scratch folder")
     bt.set_defaults(func=_bench_train)

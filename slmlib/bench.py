@@ -10,7 +10,8 @@ Both see the same trajectories and learn the same assistant tokens in the same n
 optimizer steps. The baseline is ToolLLaMA's layout (one row per assistant step, the history
 re-read each time), TRL's default collator, random order, fp32. The variants add one lever at a
 time: every assistant turn of a trajectory in one sequence, length-grouped batches, the precision
-``auto`` chooses (bf16 autocast where the CPU has it natively, fp32 where it is emulated), LoRA. Each run is a child process (its own peak RSS); the final loss of each model is
+``auto`` chooses (bf16 autocast where the CPU has it natively, fp32 where it is emulated), LoRA, and
+tcmalloc in place of glibc's allocator (Debian's libtcmalloc-minimal4, preloaded into that child). Each run is a child process (its own peak RSS); the final loss of each model is
 measured on the same held-out trajectories. Prints a table and ``speedup: R.RRx`` (baseline wall
 time over ours: every turn in one sequence, length-grouped, auto precision; LoRA is measured beside it
 but not chosen, since at the same learning rate it does not reach the same loss).
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import resource
 import subprocess
@@ -32,6 +34,8 @@ VARIANTS = {
     # auto: bf16 autocast where the hardware has it natively, fp32 where bf16 would be emulated (slmlib.train)
     "one_sequence+grouped+auto": {"rows": "trajectory", "precision": "auto", "sampler": "group_by_length", "method": "full"},
     "one_sequence+grouped+auto+lora": {"rows": "trajectory", "precision": "auto", "sampler": "group_by_length", "method": "lora"},
+    "one_sequence+grouped+auto+tcmalloc": {"rows": "trajectory", "precision": "auto", "sampler": "group_by_length",
+                                           "method": "full", "allocator": "tcmalloc"},
 }
 OURS = "one_sequence+grouped+auto"
 
@@ -76,7 +80,7 @@ def run_one(spec: dict) -> dict:
     from datasets import Dataset
     from transformers import set_seed
     from trl import SFTTrainer
-    from slmlib import config, encode, models, train
+    from slmlib import config, encode, memory, models, train
     from slmlib.schema import read_jsonl
     v = VARIANTS[spec["variant"]]
     set_seed(spec["seed"])
@@ -106,12 +110,25 @@ def run_one(spec: dict) -> dict:
             "supervised_tokens_per_s": learned / wall,
             "eval_loss": eval_loss(merged.float(), tokenizer, read_jsonl(spec["eval_file"])),
             "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
-            "threads": torch.get_num_threads()}
+            "threads": torch.get_num_threads(), "allocator": memory.allocator()}
+
+
+def child_env(allocator: str) -> dict[str, str]:
+    """The environment of a variant's process: tcmalloc preloaded, or none (glibc's malloc)."""
+    from slmlib import memory
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    if allocator == "tcmalloc":
+        if memory.tcmalloc() is None:
+            raise FileNotFoundError(f"no tcmalloc at {memory.TCMALLOC_GLOB}: apt-get install libtcmalloc-minimal4")
+        env["LD_PRELOAD"] = memory.tcmalloc()
+    return env
 
 
 def main(args) -> int:
     from slmlib.config import REPO
     from slmlib.schema import write_jsonl
+    for variant in args.variants:
+        child_env(VARIANTS[variant].get("allocator", "glibc"))  # a missing allocator fails now, not after the others ran
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     train_tasks, eval_tasks = select(args.model, args.n_train, args.n_eval, args.max_length, args.seed,
@@ -123,7 +140,8 @@ def main(args) -> int:
         spec = {"variant": variant, "model": args.model, "seed": args.seed, "steps": args.steps, "lr": args.lr,
                 "batch": args.batch, "train_file": str(work / "train.jsonl"), "eval_file": str(work / "eval.jsonl"),
                 "out": str(work / variant), "lora_targets": args.lora_targets}
-        proc = subprocess.run([sys.executable, "-m", "slmlib.bench", json.dumps(spec)], capture_output=True, text=True)
+        proc = subprocess.run([sys.executable, "-m", "slmlib.bench", json.dumps(spec)], capture_output=True, text=True,
+                              env=child_env(VARIANTS[variant].get("allocator", "glibc")))
         if proc.returncode != 0:
             raise RuntimeError(f"bench variant {variant} failed:\n{proc.stderr[-3000:]}")
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
@@ -133,9 +151,9 @@ def main(args) -> int:
     print(f"model {args.model}, {len(train_tasks)} trajectories ({base['supervised_tokens']} supervised tokens), "
           f"{args.steps} optimizer steps, lr {args.lr}, held-out loss on {len(eval_tasks)} trajectories; "
           f"CPU {cpu_capability()}, precision auto = {choose_precision('auto')[1]}")
-    print(f"{'variant':34} {'rows':>5} {'tokens':>7} {'sup.tok/s':>9} {'wall s':>8} {'eval loss':>9} {'Δloss':>7} {'RSS GB':>6} {'speed':>6}")
+    print(f"{'variant':38} {'rows':>5} {'tokens':>7} {'sup.tok/s':>9} {'wall s':>8} {'eval loss':>9} {'Δloss':>7} {'RSS GB':>6} {'speed':>6}")
     for r in results:
-        print(f"{r['variant']:34} {r['rows']:5d} {r['tokens']:7d} {r['supervised_tokens_per_s']:9.1f} {r['wall_s']:8.1f} "
+        print(f"{r['variant']:38} {r['rows']:5d} {r['tokens']:7d} {r['supervised_tokens_per_s']:9.1f} {r['wall_s']:8.1f} "
               f"{r['eval_loss']:9.4f} {100 * (r['eval_loss'] / base['eval_loss'] - 1):+6.2f}% {r['peak_rss_gb']:6.2f} "
               f"{base['wall_s'] / r['wall_s']:5.2f}x")
     (work / "results.json").write_text(json.dumps(results, indent=2))

@@ -35,6 +35,10 @@ class DataConfig:
     train_limits: dict[str, int] = field(default_factory=dict)  # per-source overrides: {complexfuncbench: -1} weights the mix
     test_limit: int = -1                   # ComplexFuncBench test tasks per group; -1 = all 200
     stabletoolbench_limit: int = -1        # StableToolBench queries per group (seeded sample); -1 = all 765
+    groups: list[str] = field(default_factory=list)  # only these groups of the training sources; [] = all
+    min_calls: int = 0                     # training trajectories that call fewer tools are left out
+    heldout: list[str] = field(default_factory=list)  # training sources whose held-out dialogues become test_heldout (slmlib.heldout)
+    heldout_limit: int = -1                # held-out tasks per group (seeded sample); -1 = all
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,7 @@ class EvalConfig:
 @dataclass(frozen=True)
 class Profile:
     name: str
+    about: str = ""                        # what a run of this profile is for, and what it is not evidence of (05_results)
     seed: int = 0
     notebooks: list[str] = field(default_factory=list)  # stems to run; empty = every notebook in order
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -174,6 +179,11 @@ def load(path: str | Path) -> Profile:
     if unused:
         raise ConfigError(f"{path}: 'data.train_limits.{unused[0]}' names a source the profile does not read "
                           f"(its sources: {', '.join([*profile.data.required, *profile.data.optional])})")
+    sources = {*profile.data.required, *profile.data.optional}
+    bad = [s for s in profile.data.heldout if s not in sources or s in ("complexfuncbench", "stabletoolbench")]
+    if bad:
+        raise ConfigError(f"{path}: 'data.heldout' names {bad[0]!r}, which is not a training source the profile reads "
+                          f"(ComplexFuncBench has its own split, StableToolBench is a test set)")
     if profile.eval.decodings and profile.eval.decoding not in profile.eval.decodings:
         raise ConfigError(f"{path}: 'eval.decodings' {profile.eval.decodings} must include 'eval.decoding' "
                           f"({profile.eval.decoding!r}), the decoding the run's results are reported with")

@@ -42,7 +42,10 @@ class FailureInspector:
     def _filter(self, *_):
         f = self.filtered()
         self.episode.options = [(f"{r.model} · {r.id} · {r.label}", i) for i, r in f.iterrows()]
-        self._pick()
+        if self.episode.options and self.episode.value is None:  # ipywidgets 8 leaves new options unchosen
+            self.episode.value = self.episode.options[0][1]  # which shows it
+        else:
+            self._pick()
 
     def _pick(self, *_):
         if self.episode.value is None:

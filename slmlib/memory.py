@@ -6,8 +6,24 @@ reported and flagged as such.
 """
 from __future__ import annotations
 
+import glob
+import os
 import resource
 from pathlib import Path
+
+TCMALLOC_GLOB = "/usr/lib/*/libtcmalloc_minimal.so.4"  # Debian's libtcmalloc-minimal4; the Makefile preloads it too
+
+
+def tcmalloc() -> str | None:
+    """The tcmalloc library to preload, where installed. glibc's malloc hands every tensor over 32 MB back to the
+    kernel when it is freed and faults it in again at the next step; tcmalloc keeps such memory for reuse."""
+    found = sorted(glob.glob(TCMALLOC_GLOB))
+    return found[0] if found else None
+
+
+def allocator() -> str:
+    """``tcmalloc`` when this process runs with it preloaded, else ``glibc``."""
+    return "tcmalloc" if "tcmalloc" in os.environ.get("LD_PRELOAD", "") else "glibc"
 
 
 def reset_peak() -> bool:

@@ -12,7 +12,7 @@ from typing import Iterable
 
 import numpy as np
 
-from slmlib import budget, data
+from slmlib import budget, data, heldout
 from slmlib import toolbench_format as tbf
 from slmlib.config import Profile
 from slmlib.run import atomic_write_json
@@ -68,8 +68,15 @@ def prepare(profile: Profile, run_path: str | Path, tokenizer) -> dict:
     report: dict = {"missing_optional_sources": missing, "sources": {}, "test_sets": {}}
     train: list[dict] = []
     stats = budget.TrimStats()
-    for name in [s for s in [*cfg.required, *cfg.optional] if s not in missing and s not in TEST_ONLY]:
-        raw = _limited(list(data.load(name, cfg.root, "train")), cfg.train_limits.get(name, cfg.train_limit), profile.seed)
+    held: list[dict] = []
+    sources = [s for s in [*cfg.required, *cfg.optional] if s not in missing]
+    for name in [s for s in sources if s not in TEST_ONLY]:
+        raw = [t for t in data.load(name, cfg.root, "train") if not cfg.groups or t["group"] in cfg.groups]
+        if name in cfg.heldout:
+            raw, held_out = heldout.split(raw)
+            held += heldout.tasks(held_out)
+        raw = _limited([t for t in raw if len(called_tools(t)) >= cfg.min_calls],
+                       cfg.train_limits.get(name, cfg.train_limit), profile.seed)
         per_source = budget.TrimStats()
         for task in raw:
             fitted = budget.fit(task, count, cfg.max_length, loss_on=profile.train.loss_on,
@@ -82,9 +89,13 @@ def prepare(profile: Profile, run_path: str | Path, tokenizer) -> dict:
     if not train:
         raise ValueError("no training trajectory is left after fitting the window: check the sources and max_length")
     report["train"] = {"n": write_jsonl(out / "train.jsonl", train), **stats.as_dict()}
-    test_sets = {"complexfuncbench": (lambda: data.load("complexfuncbench", cfg.root, "test"), cfg.test_limit)}
-    if "stabletoolbench" in [*cfg.required, *cfg.optional] and "stabletoolbench" not in missing:
+    test_sets = {}  # a benchmark's test split where the profile reads the benchmark
+    if "complexfuncbench" in sources:
+        test_sets["complexfuncbench"] = (lambda: data.load("complexfuncbench", cfg.root, "test"), cfg.test_limit)
+    if "stabletoolbench" in sources:
         test_sets["stabletoolbench"] = (lambda: data.load("stabletoolbench", cfg.root), cfg.stabletoolbench_limit)
+    if held:
+        test_sets["heldout"] = (lambda: held, cfg.heldout_limit)
     for name, (load, limit) in test_sets.items():
         tasks = _limited(list(load()), limit, profile.seed)
         report["test_sets"][name] = {"n": write_jsonl(out / f"test_{name}.jsonl", tasks),

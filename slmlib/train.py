@@ -221,7 +221,7 @@ def train(profile: Profile, train_file: str | Path, out_dir: str | Path, overwri
                "supervised_tokens_per_s": (trainer.state.global_step - throughput.step0) * args.per_device_train_batch_size
                * args.gradient_accumulation_steps * args.world_size * throughput.learned_per_row / seconds if seconds else None,
                "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
-               "precision": precision, "precision_reason": why, "model_dir": str(model_dir),
+               "precision": precision, "precision_reason": why, "allocator": memory.allocator(), "model_dir": str(model_dir),
                # the process that trained: a notebook kernel of its own, or the CLI (a reuse keeps this record)
                **memory.peak(since_reset=False)}
     atomic_write_text(model_dir / "README.md", model_card(profile, summary))

@@ -26,3 +26,10 @@ def tiny():
 def smol_tokenizer():
     from slmlib import models
     return models.load_tokenizer("smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """The smoke profile's whole pipeline, run once for every test that reads an executed run."""
+    from slmlib import pipeline
+    return pipeline.run_profile(REPO / "params" / "smoke.yaml", run_id="smoke-test", output_root=tmp_path_factory.mktemp("outputs"))

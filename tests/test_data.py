@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import re
 import subprocess
@@ -187,3 +188,55 @@ def test_a_per_source_limit_weights_the_training_mix(tmp_path, data_root):
     groups = {name: len({t["group"] for t in data.load(name, str(data_root), "train")}) for name in ("complexfuncbench", "apibank")}
     assert report["sources"]["complexfuncbench"]["seen"] == 3 * groups["complexfuncbench"]  # the override
     assert report["sources"]["apibank"]["seen"] == 1 * groups["apibank"]                    # the profile-wide limit
+
+
+def test_heldout_split_is_fixed_and_never_meets_the_training_rows(data_root):
+    from slmlib import heldout
+    for name in ("glaive", "apibank", "toolrl"):
+        rows = list(data.load(name, str(data_root), "train"))
+        train, held = heldout.split(rows)
+        assert 0.1 < len(held) / len(rows) < 0.3, name
+        assert not {heldout.dialogue_key(t) for t in train} & {heldout.dialogue_key(t) for t in held}, name
+        assert heldout.split(rows) == (train, held)  # the digest alone decides: no seed, no order
+        tasks = heldout.tasks(held)
+        assert tasks and len({heldout.dialogue_key(t) for t in tasks}) == len(tasks)  # one task a dialogue
+        for task in tasks:
+            schema.validate_task(task)
+            assert len(task["gold_calls"]) == 1 and task["messages"][-1]["role"] in ("user", "tool")
+            assert not any(m["role"] == "assistant" and m["tool_calls"][0]["function"]["name"] == task["gold_calls"][0]["name"]
+                           and json.loads(m["tool_calls"][0]["function"]["arguments"]) == {k: v[0] for k, v in task["gold_calls"][0]["arguments"].items()}
+                           for m in task["messages"])  # the asked-for call is not in its own context
+
+
+def test_an_apibank_dialogue_is_asked_for_its_api_call_with_the_tool_search_given(data_root):
+    from slmlib import heldout
+    rows = [t for t in data.load("apibank", str(data_root)) if "cardiologist in Los Angeles" in t["messages"][0]["content"]]
+    (task,) = heldout.tasks(rows)
+    assert [m["role"] for m in task["messages"][:3]] == ["user", "assistant", "tool"]
+    assert task["messages"][1]["tool_calls"][0]["function"]["name"] == "ToolSearcher"
+    assert task["gold_calls"][0]["name"] == "HealthcareProviderAppointmentScheduler" and "replay" in task
+
+
+def test_workshop_data_holds_out_dialogues_and_reads_no_benchmark(tmp_path, data_root):
+    from slmlib import config, heldout, models, prepare
+    from conftest import REPO
+    profile = config.load(REPO / "params" / "workshop.yaml")
+    profile = dataclasses.replace(profile, data=dataclasses.replace(profile.data, root=str(data_root)))
+    report = prepare.prepare(profile, tmp_path / "run", models.load_tokenizer("tiny-opt"))
+    assert set(report["test_sets"]) == {"heldout"}  # no ComplexFuncBench or StableToolBench: the profile reads neither
+    test = schema.read_jsonl(tmp_path / "run" / "data" / "test_heldout.jsonl")
+    train = schema.read_jsonl(tmp_path / "run" / "data" / "train.jsonl")
+    assert {t["group"] for t in test} == {t["group"] for t in train} == set(profile.data.groups)
+    assert Counter(t["group"] for t in test) == {g: profile.data.heldout_limit for g in profile.data.groups}
+    assert not {heldout.dialogue_key(t) for t in train} & {heldout.dialogue_key(t) for t in test}
+
+
+def test_heldout_names_only_training_sources_the_profile_reads(tmp_path):
+    from slmlib import config
+    p = tmp_path / "h.yaml"
+    p.write_text("data:\n  optional: [glaive]\n  heldout: [toolrl]\n")
+    with pytest.raises(config.ConfigError, match=r"'data\.heldout' names 'toolrl'"):
+        config.load(p)
+    p.write_text("data:\n  heldout: [complexfuncbench]\n")
+    with pytest.raises(config.ConfigError, match="its own split"):
+        config.load(p)

@@ -12,12 +12,6 @@ from slmlib.run import CannotResume, RunExists, atomic_write_json, read_json
 from conftest import REPO
 
 
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("outputs")
-    return pipeline.run_profile(REPO / "params" / "smoke.yaml", run_id="smoke-test", output_root=root)
-
-
 @pytest.mark.notebooks
 def test_smoke_run_executes_every_notebook(smoke_run):
     manifest = read_json(smoke_run / "run_manifest.json")
@@ -82,6 +76,8 @@ def test_inspector_callbacks_show_the_chosen_trajectory(smoke_run):
     preds = analysis.predictions(smoke_run)
     inspector = FailureInspector(preds)
     failed = analysis.failures(preds)
+    first = failed.iloc[0]  # it opens on the first failure, not on an empty view
+    assert inspector.episode.value == 0 and first["id"] in inspector.view.value and "raw output" in inspector.view.value
     target = failed[failed["group"] == "G2_category"].iloc[0]
     inspector.group.value = "G2_category"
     assert all(failed.loc[i, "group"] == "G2_category" for _, i in inspector.episode.options)
