@@ -25,8 +25,10 @@ OVERALL_KEYS = ("n_tasks", "pass_rate", "pass_rate_ci95", "format_valid_rate", "
                 "hallucinated_tool_rate", "tool_name_accuracy", "call_match_rate", "avg_steps", "seconds_per_task",
                 "tokens_per_second", "peak_rss_gb", "peak_gpu_gb", "error_labels", "decoding", "grammar_fallback_tasks",
                 "floors", "model_calls_per_task", "new_tokens_per_task", "cfb_success_rate", "cfb_call_accuracy")
-# The experiment issue's targets, checked on the fine-tuned model's ComplexFuncBench numbers.
-PASS_TARGET, GAP_TARGET, FORMAT_TARGET, UNKNOWN_TOOL_TARGET = 0.50, 0.30, 0.99, 0.01
+# Targets on the fine-tuned model: (pass rate, points above each untuned baseline) per task set, the experiment's
+# on ComplexFuncBench, the workshop's on its held-out dialogues (None: no such target); steps on every set.
+SET_TARGETS = {"complexfuncbench": (0.50, 0.30), "heldout": (None, 0.20)}
+FORMAT_TARGET, UNKNOWN_TOOL_TARGET = 0.99, 0.01
 PRIMARY_SET = "complexfuncbench"
 
 
@@ -66,14 +68,18 @@ def targets(summary: dict) -> list[dict[str, Any]]:
     """The experiment's targets, each with the measured value and whether it is met (None: not measured)."""
     label = finetuned_label(summary)
     ours = summary["eval"].get(label, {}) if label else {}
-    cfb = ours.get(PRIMARY_SET)
-    rows = [{"target": f"fine-tuned pass rate on {PRIMARY_SET} >= {PASS_TARGET:.0%}",
-             "value": cfb["pass_rate"] if cfb else None, "met": cfb["pass_rate"] >= PASS_TARGET if cfb else None}]
-    for baseline in summary["params"]["eval"]["baselines"]:
-        base = summary["eval"].get(baseline, {}).get(PRIMARY_SET)
-        gap = cfb["pass_rate"] - base["pass_rate"] if cfb and base else None
-        rows.append({"target": f"{GAP_TARGET * 100:.0f} points above untuned {baseline} on {PRIMARY_SET}",
-                     "value": gap, "met": gap >= GAP_TARGET if gap is not None else None})
+    rows = []
+    for task_set in [s for s in SET_TARGETS if s in ours] or [PRIMARY_SET]:  # the experiment's, not measured
+        pass_target, gap_target = SET_TARGETS[task_set]
+        m = ours.get(task_set)
+        if pass_target is not None:
+            rows.append({"target": f"fine-tuned pass rate on {task_set} >= {pass_target:.0%}",
+                         "value": m["pass_rate"] if m else None, "met": m["pass_rate"] >= pass_target if m else None})
+        for baseline in summary["params"]["eval"]["baselines"]:
+            base = summary["eval"].get(baseline, {}).get(task_set)
+            gap = m["pass_rate"] - base["pass_rate"] if m and base else None
+            rows.append({"target": f"{gap_target * 100:.0f} points above untuned {baseline} on {task_set}",
+                         "value": gap, "met": gap >= gap_target if gap is not None else None})
     for task_set, m in sorted(ours.items()):
         rows.append({"target": f"format-valid steps >= {FORMAT_TARGET:.0%} ({task_set})",
                      "value": m["format_valid_rate"], "met": m["format_valid_rate"] >= FORMAT_TARGET})

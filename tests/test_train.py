@@ -139,3 +139,16 @@ def test_bad_input_fails_early_and_clearly(small, uninterrupted, tmp_path):
         train.train(config.load(small / "p.yaml"), small / "train.jsonl", uninterrupted[0])
     reused = train.train(config.load(small / "p.yaml"), small / "train.jsonl", uninterrupted[0], reuse=True)
     assert reused == read_json(uninterrupted[0] / "train_summary.json")
+
+
+def test_a_bench_variant_runs_with_the_allocator_it_names(monkeypatch):
+    from slmlib import bench, memory
+    probe = [sys.executable, "-c", "from slmlib import memory; import pathlib; "
+             "print(memory.allocator(), 'tcmalloc' in pathlib.Path('/proc/self/maps').read_text())"]
+    assert subprocess.run(probe, env=bench.child_env("glibc"), capture_output=True, text=True).stdout.split() == ["glibc", "False"]
+    if memory.tcmalloc():  # Debian's libtcmalloc-minimal4 (.ci/run installs it)
+        out = subprocess.run(probe, env=bench.child_env("tcmalloc"), capture_output=True, text=True).stdout.split()
+        assert out == ["tcmalloc", "True"]  # preloaded, so mapped into the process
+    monkeypatch.setattr(memory, "TCMALLOC_GLOB", "/nonexistent/libtcmalloc_minimal.so.4")
+    with pytest.raises(FileNotFoundError, match="apt-get install libtcmalloc-minimal4"):
+        bench.child_env("tcmalloc")
