@@ -118,17 +118,18 @@ def child_env(allocator: str) -> dict[str, str]:
     from slmlib import memory
     env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
     if allocator == "tcmalloc":
-        if memory.tcmalloc() is None:
+        library = memory.tcmalloc()
+        if library is None:
             raise FileNotFoundError(f"no tcmalloc at {memory.TCMALLOC_GLOB}: apt-get install libtcmalloc-minimal4")
-        env["LD_PRELOAD"] = memory.tcmalloc()
+        env["LD_PRELOAD"] = library
     return env
 
 
 def main(args) -> int:
     from slmlib.config import REPO
     from slmlib.schema import write_jsonl
-    for variant in args.variants:
-        child_env(VARIANTS[variant].get("allocator", "glibc"))  # a missing allocator fails now, not after the others ran
+    # each variant's environment up front: a missing allocator fails now, not after the others ran
+    envs = {variant: child_env(VARIANTS[variant].get("allocator", "glibc")) for variant in args.variants}
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     train_tasks, eval_tasks = select(args.model, args.n_train, args.n_eval, args.max_length, args.seed,
@@ -141,7 +142,7 @@ def main(args) -> int:
                 "batch": args.batch, "train_file": str(work / "train.jsonl"), "eval_file": str(work / "eval.jsonl"),
                 "out": str(work / variant), "lora_targets": args.lora_targets}
         proc = subprocess.run([sys.executable, "-m", "slmlib.bench", json.dumps(spec)], capture_output=True, text=True,
-                              env=child_env(VARIANTS[variant].get("allocator", "glibc")))
+                              env=envs[variant])
         if proc.returncode != 0:
             raise RuntimeError(f"bench variant {variant} failed:\n{proc.stderr[-3000:]}")
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))

@@ -78,9 +78,4 @@ def tasks(heldout: Iterable[dict]) -> list[dict]:
         key = dialogue_key(t)
         if key not in fullest or len(t["messages"]) > len(fullest[key]["messages"]):
             fullest[key] = t
-    out = []
-    for t in fullest.values():
-        task = as_task(t)
-        if task is not None:
-            out.append(task)
-    return out
+    return [task for t in fullest.values() if (task := as_task(t)) is not None]
