@@ -10,11 +10,15 @@ Both see the same trajectories and learn the same assistant tokens in the same n
 optimizer steps. The baseline is ToolLLaMA's layout (one row per assistant step, the history
 re-read each time), TRL's default collator, random order, fp32. The variants add one lever at a
 time: every assistant turn of a trajectory in one sequence, length-grouped batches, the precision
-``auto`` chooses (bf16 autocast where the CPU has it natively, fp32 where it is emulated), LoRA, and
-tcmalloc in place of glibc's allocator (Debian's libtcmalloc-minimal4, preloaded into that child). Each run is a child process (its own peak RSS); the final loss of each model is
-measured on the same held-out trajectories. Prints a table and ``speedup: R.RRx`` (baseline wall
-time over ours: every turn in one sequence, length-grouped, auto precision; LoRA is measured beside it
-but not chosen, since at the same learning rate it does not reach the same loss).
+``auto`` chooses (bf16 autocast where the CPU has it natively, fp32 where it is emulated), LoRA,
+tcmalloc in place of glibc's allocator (Debian's libtcmalloc-minimal4, preloaded into that child), and
+the LM head scoring only the positions with a label. Each run is a child process (its own peak RSS,
+also read at steps 10, 50, 100 and 200); the final loss of each model is measured on the same held-out
+trajectories. Hardware use is the model's FLOPs per second over a dense matmul's, measured on this
+machine in the training's precision. Prints a table and ``speedup: R.RRx`` (baseline wall time over
+ours, the way ``make run`` trains: every turn in one sequence, length-grouped, auto precision, the
+learned positions' head, tcmalloc where installed; LoRA is measured beside it but not chosen, since at
+the same learning rate it does not reach the same loss).
 """
 from __future__ import annotations
 
@@ -36,8 +40,14 @@ VARIANTS = {
     "one_sequence+grouped+auto+lora": {"rows": "trajectory", "precision": "auto", "sampler": "group_by_length", "method": "lora"},
     "one_sequence+grouped+auto+tcmalloc": {"rows": "trajectory", "precision": "auto", "sampler": "group_by_length",
                                            "method": "full", "allocator": "tcmalloc"},
+    # the LM head scores only positions with a label (slmlib.train.lm_head_positions); the others score every one
+    "one_sequence+grouped+auto+learned_head": {"rows": "trajectory", "precision": "auto", "sampler": "group_by_length",
+                                               "method": "full", "lm_head": "learned"},
+    "one_sequence+grouped+auto+tcmalloc+learned_head": {"rows": "trajectory", "precision": "auto", "sampler": "group_by_length",
+                                                        "method": "full", "allocator": "tcmalloc", "lm_head": "learned"},
 }
-OURS = "one_sequence+grouped+auto"
+OURS = ("one_sequence+grouped+auto+tcmalloc+learned_head", "one_sequence+grouped+auto+learned_head")  # as make run trains, with tcmalloc or without
+RSS_STEPS = (10, 50, 100, 200)
 
 
 def select(model: str, n_train: int, n_eval: int, max_length: int, seed: int, data_root: str) -> tuple[list, list]:
@@ -74,6 +84,34 @@ def eval_loss(model, tokenizer, tasks) -> float:
     return total / n
 
 
+def model_flops(model, lengths: list[int], learned: int, lm_head: str) -> float:
+    """Training FLOPs the model's arithmetic needs, forward and backward (PaLM's count): 6 per weight of every linear
+    layer per token, the LM head only at the positions it scores, and 12 x layers x width x length per token for
+    attention (every key counted, as nanoGPT and PaLM count it). The same count for full and LoRA training."""
+    import torch
+    head = model.get_output_embeddings()
+    linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not head)
+    tokens = sum(lengths)
+    scored = learned if lm_head == "learned" else tokens - len(lengths)
+    layers, width = model.config.num_hidden_layers, model.config.hidden_size
+    return 6 * linear * tokens + 6 * head.weight.numel() * scored + 12 * layers * width * sum(n * n for n in lengths)
+
+
+def matmul_peak(precision: str, size: int = 2048, repeats: int = 5) -> float:
+    """This machine's dense-matmul FLOP/s in the training's precision: the best of a few ``size``-cubed products on
+    every thread torch uses (a measured ceiling; a CPU's datasheet peak is not known to the process)."""
+    import torch
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    a @ b
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * size ** 3 / best
+
+
 def run_one(spec: dict) -> dict:
     """One training run as the child process of :func:`main` (reads and prints JSON)."""
     import torch
@@ -89,6 +127,9 @@ def run_one(spec: dict) -> dict:
     rows_in = train.per_step_rows(tasks) if v["rows"] == "per_step" else tasks
     loss_on = "last" if v["rows"] == "per_step" else "all"
     rows, _ = train.encode_rows(rows_in, tokenizer, loss_on, 1 << 30)
+    learned = sum(sum(1 for x in r["labels"] if x != encode.IGNORE) for r in rows)
+    lm_head = v.get("lm_head", "all")
+    flops = model_flops(model, [r["length"] for r in rows], learned, lm_head)
     batch = spec["batch"]
     accumulation = math.ceil(len(rows) / (batch * spec["steps"]))
     cfg = config.TrainConfig(method=v["method"], max_steps=spec["steps"], learning_rate=spec["lr"], warmup_steps=0,
@@ -99,18 +140,23 @@ def run_one(spec: dict) -> dict:
         model = train.apply_lora(model, cfg)
     args = train.sft_config(cfg, Path(spec["out"]), spec["seed"], len(rows), save_strategy="no", disable_tqdm=True)
     args.train_sampling_strategy = v["sampler"]
-    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    steps_log = Path(spec["out"]) / "train_log.jsonl"
+    steps_log.unlink(missing_ok=True)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+                         callbacks=[train.ThroughputLog(steps_log, learned / len(rows))])
     t0 = time.perf_counter()
-    trainer.train()
+    with train.lm_head_positions(lm_head):
+        trainer.train()
     wall = time.perf_counter() - t0
     merged = trainer.model.merge_and_unload() if v["method"] == "lora" else trainer.model
-    learned = sum(sum(1 for x in r["labels"] if x != encode.IGNORE) for r in rows)
+    logged = {e["step"]: e["peak_rss_gb"] for e in map(json.loads, steps_log.read_text().splitlines())}
     return {"variant": spec["variant"], "rows": len(rows), "tokens": sum(r["length"] for r in rows),
             "supervised_tokens": learned, "steps": trainer.state.global_step, "wall_s": wall,
-            "supervised_tokens_per_s": learned / wall,
+            "supervised_tokens_per_s": learned / wall, "model_flops": flops, "flops_per_s": flops / wall,
             "eval_loss": eval_loss(merged.float(), tokenizer, read_jsonl(spec["eval_file"])),
             "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
-            "threads": torch.get_num_threads(), "allocator": memory.allocator()}
+            "rss_gb_at_step": {step: logged[step] for step in RSS_STEPS if step in logged},
+            "threads": torch.get_num_threads(), "allocator": memory.allocator(), "lm_head": lm_head}
 
 
 def child_env(allocator: str) -> dict[str, str]:
@@ -149,17 +195,25 @@ def main(args) -> int:
         print(json.dumps(results[-1]), file=sys.stderr, flush=True)
     base = results[0]
     from slmlib.train import choose_precision
+    precision, why = choose_precision("auto")
+    peak = matmul_peak(precision)
     print(f"model {args.model}, {len(train_tasks)} trajectories ({base['supervised_tokens']} supervised tokens), "
           f"{args.steps} optimizer steps, lr {args.lr}, held-out loss on {len(eval_tasks)} trajectories; "
-          f"CPU {cpu_capability()}, precision auto = {choose_precision('auto')[1]}")
-    print(f"{'variant':38} {'rows':>5} {'tokens':>7} {'sup.tok/s':>9} {'wall s':>8} {'eval loss':>9} {'Δloss':>7} {'RSS GB':>6} {'speed':>6}")
+          f"CPU {cpu_capability()}, precision auto = {why}")
+    print(f"hardware use: model FLOP/s (slmlib.bench.model_flops) over this CPU's measured {precision} matmul peak, "
+          f"{peak / 1e9:.1f} GFLOP/s (2048-cubed, {results[-1]['threads']} threads)")
+    steps = [s for s in RSS_STEPS if s <= args.steps]
+    print(f"{'variant':48} {'rows':>5} {'tokens':>7} {'sup.tok/s':>9} {'wall s':>8} {'eval loss':>9} {'Δloss':>7} "
+          f"{'GFLOP/s':>7} {'of peak':>7} {'RSS GB':>6} " + "".join(f"{'peak@' + str(s):>9}" for s in steps) + f" {'speed':>6}")
     for r in results:
-        print(f"{r['variant']:38} {r['rows']:5d} {r['tokens']:7d} {r['supervised_tokens_per_s']:9.1f} {r['wall_s']:8.1f} "
-              f"{r['eval_loss']:9.4f} {100 * (r['eval_loss'] / base['eval_loss'] - 1):+6.2f}% {r['peak_rss_gb']:6.2f} "
-              f"{base['wall_s'] / r['wall_s']:5.2f}x")
-    (work / "results.json").write_text(json.dumps(results, indent=2))
-    ours = next((r for r in results if r["variant"] == OURS), results[-1])
-    print(f"speedup: {base['wall_s'] / ours['wall_s']:.2f}x")
+        at = r["rss_gb_at_step"]
+        print(f"{r['variant']:48} {r['rows']:5d} {r['tokens']:7d} {r['supervised_tokens_per_s']:9.1f} {r['wall_s']:8.1f} "
+              f"{r['eval_loss']:9.4f} {100 * (r['eval_loss'] / base['eval_loss'] - 1):+6.2f}% "
+              f"{r['flops_per_s'] / 1e9:7.1f} {100 * r['flops_per_s'] / peak:6.1f}% {r['peak_rss_gb']:6.2f} "
+              + "".join(f"{at[str(s)]:9.2f}" if str(s) in at else f"{'-':>9}" for s in steps) + f" {base['wall_s'] / r['wall_s']:5.2f}x")
+    (work / "results.json").write_text(json.dumps({"matmul_peak_flops": peak, "variants": results}, indent=2))
+    ours = next((r for name in OURS for r in results if r["variant"] == name), results[-1])
+    print(f"speedup: {base['wall_s'] / ours['wall_s']:.2f}x ({ours['variant']})")
     return 0
 
 

@@ -60,12 +60,14 @@ class TrainConfig:
     weight_decay: float = 0.01
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 where the hardware has it natively (slmlib.train)
     gradient_checkpointing: bool = False
+    lm_head: Literal["learned", "all"] = "learned"  # positions the LM head scores: those with a label, or every one
     loss_on: Literal["last", "all"] = "all"  # last assistant turn (ToolLLaMA) or every assistant turn
     lora_r: int = 16
     lora_alpha: int = 32
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"])
     save_steps: int = 50
     logging_steps: int = 10
+    snapshots: int = 0                     # weights kept at this many evenly spaced steps: the learning curve (slmlib.curve)
 
 
 Decoding = Literal["free", "grammar"]
@@ -92,6 +94,8 @@ class EvalConfig:
     env: Literal["auto", "cfb"] = "auto"   # cfb: ComplexFuncBench's own protocol for its tasks (slmlib.envs.cfb)
     agent: Literal["react", "dfsdt"] = "react"  # one chain, or ToolBench's depth-first search over chains
     search: SearchConfig = field(default_factory=SearchConfig)  # with agent: dfsdt
+    curve_set: str = "complexfuncbench"    # the task set every training snapshot is evaluated on (train.snapshots)
+    curve_episodes: int = 2                # snapshots also played as episodes, spread evenly, the final model included
 
     def all_decodings(self) -> list[str]:
         """The decodings every model is evaluated with, the reported one first."""

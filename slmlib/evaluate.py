@@ -248,11 +248,7 @@ def evaluate_run(profile, run_path: str | Path) -> dict[str, dict[str, dict]]:
     """
     run = Path(run_path)
     trained = run / "train" / "model"
-    contenders = []
-    if trained.is_dir():
-        lora = (trained / "adapter_config.json").is_file()
-        contenders.append((f"{Path(profile.model.name).name}-sft", profile.model.name if lora else str(trained),
-                           str(trained) if lora else None))
+    contenders = [(trained_label(profile), *model_and_adapter(profile, trained))] if trained.is_dir() else []
     contenders += [(name, name, None) for name in profile.eval.baselines]
     results: dict[str, dict[str, dict]] = {}
     for decoding in profile.eval.all_decodings():
@@ -261,8 +257,24 @@ def evaluate_run(profile, run_path: str | Path) -> dict[str, dict[str, dict]]:
             for task_file in sorted(run.glob("data/test_*.jsonl")):
                 task_set = task_file.stem.removeprefix("test_")
                 results.setdefault(label, {})[task_set] = evaluate(
-                    model, task_file, run / "eval" / label / task_set, adapter=adapter, max_steps=profile.eval.max_steps,
-                    batch_size=profile.eval.batch_size, temperature=profile.eval.temperature,
-                    max_new_tokens=profile.eval.max_new_tokens, seed=profile.seed, key_guard=profile.eval.key_guard,
-                    decoding=decoding, agent=profile.eval.agent, search=profile.eval.search, env=profile.eval.env)
+                    model, task_file, run / "eval" / label / task_set, adapter=adapter,
+                    **profile_settings(profile, decoding))
     return results
+
+
+def trained_label(profile) -> str:
+    """The fine-tuned model's name in a run's ``eval/`` and its tables."""
+    return f"{Path(profile.model.name).name}-sft"
+
+
+def model_and_adapter(profile, folder: str | Path) -> tuple[str, str | None]:
+    """What :func:`evaluate` loads for a trained folder: the model itself, or the base model and that LoRA adapter."""
+    return (profile.model.name, str(folder)) if (Path(folder) / "adapter_config.json").is_file() else (str(folder), None)
+
+
+def profile_settings(profile, decoding: str | None = None) -> dict[str, Any]:
+    """:func:`evaluate`'s settings as the profile's ``eval`` section gives them (``decoding`` overrides its own)."""
+    e = profile.eval
+    return dict(max_steps=e.max_steps, batch_size=e.batch_size, temperature=e.temperature, max_new_tokens=e.max_new_tokens,
+                seed=profile.seed, key_guard=e.key_guard, decoding=decoding or e.decoding, agent=e.agent, search=e.search,
+                env=e.env)

@@ -38,12 +38,22 @@ def reset_peak() -> bool:
         return False
 
 
+def _status_kb(field: str) -> int | None:
+    status = Path("/proc/self/status")
+    line = next((line for line in status.read_text().splitlines() if line.startswith(field + ":")), None) if status.is_file() else None
+    return int(line.split()[1]) if line else None
+
+
+def rss_now() -> dict[str, float]:
+    """This process's resident memory now and its peak so far, in GB (``ru_maxrss`` where there is no /proc)."""
+    peak_kb = _status_kb("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"rss_gb": round((_status_kb("VmRSS") or peak_kb) / 1e6, 3), "peak_rss_gb": round(peak_kb / 1e6, 3)}
+
+
 def peak(since_reset: bool) -> dict[str, float | bool]:
     """``peak_rss_gb`` (and ``peak_gpu_gb`` on a GPU) since :func:`reset_peak`."""
     import torch
-    status = Path("/proc/self/status")
-    hwm = next((line for line in status.read_text().splitlines() if line.startswith("VmHWM:")), None) if status.is_file() else None
-    kb = int(hwm.split()[1]) if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    kb = _status_kb("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     out: dict[str, float | bool] = {"peak_rss_gb": round(kb / 1e6, 3), "peak_rss_is_process_peak": not since_reset}
     if torch.cuda.is_available():
         out["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 3)

@@ -20,7 +20,8 @@ from slmlib.pipeline import notebook_seconds
 from slmlib.run import atomic_write_json, atomic_write_text, read_json
 
 HTML_NOTEBOOKS = ("04_error_analysis", "05_results")
-FIGURES = ("pass_rate_*.png", "call_quality.png", "error_breakdown.png", "training_curves.png", "speed_cost.png", "token_lengths.png")
+FIGURES = ("pass_rate_*.png", "call_quality.png", "error_breakdown.png", "training_curves.png", "speed_cost.png", "token_lengths.png",
+           "learning_curve.png")
 OVERALL_KEYS = ("n_tasks", "pass_rate", "pass_rate_ci95", "format_valid_rate", "guarded_step_rate", "finish_rate",
                 "hallucinated_tool_rate", "tool_name_accuracy", "call_match_rate", "avg_steps", "seconds_per_task",
                 "tokens_per_second", "peak_rss_gb", "peak_gpu_gb", "error_labels", "decoding", "grammar_fallback_tasks",

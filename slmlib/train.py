@@ -8,6 +8,7 @@ its tokenizer, ``rendering.json`` (how to prompt it as it was trained) and a mod
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -19,7 +20,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback, set_seed
 
-from slmlib import encode, memory, models
+from slmlib import curve, encode, memory, models
 from slmlib import toolbench_format as tbf
 from slmlib.config import Profile, TrainConfig
 from slmlib.run import RunExists, atomic_write_json, atomic_write_text, read_json
@@ -73,6 +74,29 @@ def choose_precision(requested: str) -> tuple[str, str]:
     return chosen, f"{chosen} by auto: {where}"
 
 
+@contextlib.contextmanager
+def lm_head_positions(which: str):
+    """Which positions TRL's fused LM head scores while training: ``learned`` (those with a label) or ``all``.
+
+    TRL 1.16 scores only labelled positions on Triton devices and every position elsewhere, so that compiled tile
+    shapes stay fixed; eager CPU code compiles nothing, and there the head's work is wasted on prompt, tool and
+    observation tokens (a third to two thirds of a trajectory). The choice is TRL's one switch,
+    ``trl.trainer.utils._use_triton``, read only there (the kernels keep their own reference); the loss is the
+    same either way (``tests/test_train.py``). A TRL without that switch trains with ``all``, said in the log."""
+    from trl.trainer import utils as trl_utils
+    original = getattr(trl_utils, "_use_triton", None)
+    if which == "all" or original is None:
+        if which == "learned":
+            log.warning("this TRL has no trl.trainer.utils._use_triton: the LM head scores every position")
+        yield
+        return
+    trl_utils._use_triton = lambda device: device.type == "cpu" or original(device)
+    try:
+        yield
+    finally:
+        trl_utils._use_triton = original
+
+
 def sft_config(cfg: TrainConfig, output_dir: Path, seed: int, n_rows: int, **overrides):
     from trl import SFTConfig
     cpu = not torch.cuda.is_available()
@@ -92,7 +116,7 @@ def sft_config(cfg: TrainConfig, output_dir: Path, seed: int, n_rows: int, **ove
 
 
 class ThroughputLog(TrainerCallback):
-    """Appends every logged step (loss, lr, supervised tokens/s) to ``train_log.jsonl``."""
+    """Appends every logged step (loss, lr, supervised tokens/s, resident memory now and at its peak) to ``train_log.jsonl``."""
 
     def __init__(self, path: Path, learned_per_row: float):
         self.path, self.learned_per_row = path, learned_per_row
@@ -111,7 +135,8 @@ class ThroughputLog(TrainerCallback):
         rows = (state.global_step - self.step0) * args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
         entry = {"step": state.global_step, "epoch": state.epoch, "loss": logs["loss"],
                  "learning_rate": logs.get("learning_rate"), "elapsed_s": round(elapsed, 2),
-                 "supervised_tokens_per_s": round(rows * self.learned_per_row / elapsed, 1) if elapsed else None}
+                 "supervised_tokens_per_s": round(rows * self.learned_per_row / elapsed, 1) if elapsed else None,
+                 **memory.rss_now()}
         if state.is_world_process_zero:
             with open(self.path, "a") as f:
                 f.write(json.dumps(entry) + "\n")
@@ -195,13 +220,16 @@ def train(profile: Profile, train_file: str | Path, out_dir: str | Path, overwri
     log.info("training precision: %s", why)
     args = sft_config(cfg, ckpt_dir, profile.seed, len(rows))
     throughput = ThroughputLog(out / "train_log.jsonl", learned / len(rows))
+    callbacks = [throughput] + ([curve.Snapshots(out / "snapshots", cfg.snapshots, learned / len(rows), tokenizer)]
+                                if cfg.snapshots > 0 else [])
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
-                         callbacks=[throughput])
+                         callbacks=callbacks)
     resume = last_checkpoint(ckpt_dir)
     if resume:
         log.info("resuming from %s", resume)
     t0 = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=resume)
+    with lm_head_positions(cfg.lm_head):
+        result = trainer.train(resume_from_checkpoint=resume)
     seconds = time.perf_counter() - t0
     if not trainer.is_world_process_zero():
         return {}
@@ -214,12 +242,14 @@ def train(profile: Profile, train_file: str | Path, out_dir: str | Path, overwri
         "max_observation_chars": profile.data.max_observation_chars, "base_model": profile.model.name,
         "method": cfg.method})
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    rows_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
     summary = {"n_rows": len(rows), "dropped_too_long": too_long, "supervised_tokens": learned,
                "tokens": sum(r["length"] for r in rows), "steps": trainer.state.global_step,
+               "rows_per_step": rows_per_step,
                "final_loss": losses[-1] if losses else math.nan, "train_loss": result.training_loss,
                "train_seconds": seconds, "resumed_from": resume, "world_size": trainer.args.world_size,
-               "supervised_tokens_per_s": (trainer.state.global_step - throughput.step0) * args.per_device_train_batch_size
-               * args.gradient_accumulation_steps * args.world_size * throughput.learned_per_row / seconds if seconds else None,
+               "supervised_tokens_per_s": (trainer.state.global_step - throughput.step0) * rows_per_step
+               * throughput.learned_per_row / seconds if seconds else None,
                "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
                "precision": precision, "precision_reason": why, "allocator": memory.allocator(), "model_dir": str(model_dir),
                # the process that trained: a notebook kernel of its own, or the CLI (a reuse keeps this record)

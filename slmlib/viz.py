@@ -108,3 +108,27 @@ def speed_and_cost(table):
     ax.set(ylabel="hours per 1,000 tasks", xlabel="", title="Evaluation cost on this machine")
     fig.tight_layout()
     return fig
+
+
+def learning_curve(curve: dict):
+    """Teacher-forced next-call accuracy by call position, and episode pass rate, against supervised tokens seen
+    (``eval/curve/curve.json``), with the paper's budget marked where it is known."""
+    points = curve["points"]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    tokens = [p["supervised_tokens_seen"] for p in points]
+    positions = sorted({k.removeprefix("call_match_at_") for p in points for k in p if k.startswith("call_match_at_")})
+    for pos, color in zip(positions, sns.color_palette("Blues_r", n_colors=max(1, len(positions)))):
+        ax.plot(tokens, [p.get(f"call_match_at_{pos}", np.nan) for p in points], marker="o", color=color,
+                label=f"next call right, call {pos} (teacher-forced)")
+    episodes = [(t, p["pass_rate"]) for t, p in zip(tokens, points) if "pass_rate" in p]
+    if episodes:
+        ax.plot(*zip(*episodes), marker="s", color="crimson", linewidth=2, label="episode pass rate")
+    paper = curve.get("paper_supervised_tokens")
+    if paper:
+        ax.axvline(paper, color="grey", linestyle="--", label=f"the paper's budget (~{paper / 1e6:.1f}M, estimated)")
+    ax.set_xscale("log")
+    ax.set(xlabel="supervised tokens seen", ylabel="rate", ylim=(0, 1),
+           title=f"Learning curve on {curve['task_set']} ({curve['tasks']})")
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    return fig

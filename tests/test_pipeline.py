@@ -57,7 +57,10 @@ def test_training_evaluation_and_results_metrics(smoke_run):
     (floor_table,) = [o["data"]["text/html"] for c in nb.cells if "floors_table" in c.source for o in c.outputs
                       if "text/html" in o.get("data", {})]
     assert "call_every_tool" in floor_table and "stabletoolbench" in floor_table
-    for name in ("training_curves", "error_breakdown", "pass_rate_complexfuncbench", "call_quality", "speed_cost"):
+    learned = read_json(smoke_run / "eval" / "curve" / "curve.json")  # train.snapshots: 1, the final model beside it
+    assert [p["step"] for p in learned["points"]] == [2, 4] and all("pass_rate" in p for p in learned["points"])
+    for name in ("training_curves", "error_breakdown", "pass_rate_complexfuncbench", "call_quality", "speed_cost",
+                 "learning_curve"):
         assert (smoke_run / f"{name}.png").stat().st_size > 5_000, name
 
 

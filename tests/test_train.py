@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from slmlib import config, models, schema, train
+from slmlib import config, curve, models, schema, train
 from slmlib.data import apibank
 from slmlib.run import RunExists, read_json
 
@@ -65,6 +65,8 @@ def test_smoke_profile_trains_from_the_cli(tmp_path):
     assert model.config.model_type == "opt" and tok.pad_token == "<pad>"
     log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in log] == [1, 2, 3, 4] and all(e["supervised_tokens_per_s"] > 0 for e in log)
+    peaks = [e["peak_rss_gb"] for e in log]  # the memory of every logged step: now, and the peak so far
+    assert peaks == sorted(peaks) and all(0.1 < e["rss_gb"] <= e["peak_rss_gb"] <= summary["peak_rss_gb"] for e in log)
 
 
 def test_auto_precision_takes_bf16_only_where_the_hardware_has_it(monkeypatch):
@@ -152,3 +154,60 @@ def test_a_bench_variant_runs_with_the_allocator_it_names(monkeypatch):
     monkeypatch.setattr(memory, "TCMALLOC_GLOB", "/nonexistent/libtcmalloc_minimal.so.4")
     with pytest.raises(FileNotFoundError, match="apt-get install libtcmalloc-minimal4"):
         bench.child_env("tcmalloc")
+
+
+def test_the_head_scores_only_learned_positions_with_the_same_loss_and_gradient(monkeypatch):
+    from trl.trainer import utils as trl_utils
+    model, _ = models.load("tiny-opt", dtype="float32")
+    trl_utils.add_fused_lm_head(model)
+    ids = torch.randint(3, model.config.vocab_size, (2, 40), generator=torch.Generator().manual_seed(0))
+    labels = ids.clone()
+    labels[0, :25], labels[1, :10], labels[1, 30:] = -100, -100, -100  # 15 + 20 learned, as a prompt and a tool reply
+    scored, apply = [], trl_utils._ChunkedLogProbFunction.apply
+    monkeypatch.setattr(trl_utils._ChunkedLogProbFunction, "apply", lambda hidden, *a: scored.append(len(hidden)) or apply(hidden, *a))
+
+    def loss_and_grad(which):
+        model.zero_grad()
+        with train.lm_head_positions(which):
+            loss = model(input_ids=ids, labels=labels, fused_lm_head=True).loss
+        loss.backward()
+        return loss.item(), torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+    (all_loss, all_grad), (learned_loss, learned_grad) = loss_and_grad("all"), loss_and_grad("learned")
+    assert scored == [2 * 39, 15 + 20]  # every position with a next token, then only those whose next token is learned
+    assert learned_loss == pytest.approx(all_loss, rel=1e-6)
+    assert torch.allclose(learned_grad, all_grad, rtol=1e-4, atol=1e-7)
+    assert trl_utils._use_triton(torch.device("cpu")) is False  # the switch is put back
+
+
+def test_snapshot_and_episode_points_are_spread_evenly():
+    assert curve.snapshot_steps(28, 3) == [7, 14, 21] and curve.snapshot_steps(4, 1) == [2]
+    assert curve.snapshot_steps(3, 8) == [1, 2]  # never the final step, which the final model stands for
+    assert curve.episode_points(4, 2) == [0, 3] and curve.episode_points(5, 3) == [0, 2, 4]
+    assert curve.episode_points(4, 1) == [3] and curve.episode_points(1, 2) == [0] and curve.episode_points(4, 0) == []
+
+
+def test_snapshots_give_a_learning_curve_that_resumes(small, tmp_path):
+    from slmlib.data import complexfuncbench
+    run = tmp_path / "run"
+    (run / "data").mkdir(parents=True)
+    schema.write_jsonl(run / "data" / "test_complexfuncbench.jsonl", list(complexfuncbench.tasks("test"))[:2])
+    text = (small / "p.yaml").read_text().replace("logging_steps: 1}", "logging_steps: 1, snapshots: 2}")
+    (tmp_path / "p.yaml").write_text(text + "eval: {max_steps: 2, max_new_tokens: 16, batch_size: 2, baselines: []}\n")
+    profile = config.load(tmp_path / "p.yaml")
+    summary = train.train(profile, small / "train.jsonl", run / "train")
+    assert summary["rows_per_step"] == 2 and sorted(p.name for p in (run / "train" / "snapshots").iterdir()) == [
+        "index.json", "step-2", "step-4"]
+    learned = curve.evaluate_curve(profile, run)
+    points = learned["points"]
+    assert [p["step"] for p in points] == [2, 4, 6]
+    seen = [p["supervised_tokens_seen"] for p in points]
+    assert seen == sorted(seen) and seen[-1] == round(6 * 2 * summary["supervised_tokens"] / summary["n_rows"])
+    assert ["pass_rate" in p for p in points] == [True, False, True]  # curve_episodes 2: the first and the final model
+    assert (run / "eval" / "tiny-opt-sft" / "complexfuncbench" / "predictions.jsonl").is_file()  # the run's own evaluation
+    assert all(0 <= p["step_call_match_rate"] <= 1 and "call_match_at_1" in p for p in points)
+    assert learned["paper_supervised_tokens"] > curve.PAPER_ROWS  # many learned tokens per ToolLLaMA row
+    assert read_json(run / "eval" / "curve" / "curve.json") == learned
+    kept = (run / "eval" / "curve" / "step-2" / "step" / "metrics.json").stat().st_mtime_ns
+    assert curve.evaluate_curve(profile, run) == learned  # a rerun reads what each point has
+    assert (run / "eval" / "curve" / "step-2" / "step" / "metrics.json").stat().st_mtime_ns == kept
