@@ -167,6 +167,14 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
 def build_parser() -> argparse.ArgumentParser:
     from slmlib.bench import EVAL_CONFIGS, VARIANTS  # light: its heavy imports are inside its functions
+
+    def bench_variant(name: str) -> str:
+        from slmlib.bench import variant
+        try:
+            variant(name)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+        return name
     from slmlib.memory import tcmalloc
     p = Parser(prog="python -m slmlib", description=__doc__)
     p.add_argument("--debug", action="store_true", help="show the whole traceback of an error")
@@ -252,8 +260,14 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--lr", type=float, default=1e-4)
     bt.add_argument("--seed", type=int, default=0)
     bt.add_argument("--lora-targets", nargs="+", default=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
-    bt.add_argument("--variants", nargs="+", default=[v for v, spec in VARIANTS.items() if spec.get("allocator") != "tcmalloc" or tcmalloc()],
-                    help="the first is the baseline; the tcmalloc one where libtcmalloc-minimal4 is installed")
+    bt.add_argument("--variants", nargs="+", type=bench_variant, default=[v for v in VARIANTS if "tcmalloc" not in v or tcmalloc()],
+                    help="the first is the baseline; 'baseline' or levers joined by '+' (one_sequence, grouped, auto, lora, "
+                         "tcmalloc, learned_head); by default the tcmalloc ones where libtcmalloc-minimal4 is installed")
+    bt.add_argument("--seconds", type=float, default=None,
+                    help="stop each variant's training at its first step after this many seconds: a comparison at equal wall time")
+    bt.add_argument("--lora-lr", type=float, default=None, help="the learning rate of LoRA variants (default: --lr)")
+    bt.add_argument("--next-call", action="store_true",
+                    help="also teacher-forced next-call accuracy on the held-out trajectories, by call position")
     bt.add_argument("--data-root", default=None)
     bt.add_argument("--work", default="/tmp/slmlib-bench-train", help="scratch folder")
     bt.set_defaults(func=_bench_train)

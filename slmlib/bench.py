@@ -14,11 +14,13 @@ time: every assistant turn of a trajectory in one sequence, length-grouped batch
 tcmalloc in place of glibc's allocator (Debian's libtcmalloc-minimal4, preloaded into that child), and
 the LM head scoring only the positions with a label. Each run is a child process (its own peak RSS,
 also read at steps 10, 50, 100 and 200); the final loss of each model is measured on the same held-out
-trajectories. Hardware use is the model's FLOPs per second over a dense matmul's, measured on this
-machine in the training's precision. Prints a table and ``speedup: R.RRx`` (baseline wall time over
-ours, the way ``make run`` trains: every turn in one sequence, length-grouped, auto precision, the
-learned positions' head, tcmalloc where installed; LoRA is measured beside it but not chosen, since at
-the same learning rate it does not reach the same loss).
+trajectories (with ``--next-call``, teacher-forced next-call accuracy too). Hardware use is the model's
+FLOPs per second over a dense matmul's, measured on this machine in the training's precision. With
+``--seconds`` every variant trains for the same wall time (full against LoRA at its own learning rate,
+``--lora-lr``). Prints a table and ``speedup: R.RRx`` (supervised tokens per second, ours over the
+baseline; ours is the way ``make run`` trains: every turn in one sequence, length-grouped, auto
+precision, the learned positions' head, tcmalloc where installed; LoRA is measured beside it but not
+chosen, since at the same learning rate it does not reach the same loss).
 """
 from __future__ import annotations
 
@@ -32,21 +34,30 @@ import sys
 import time
 from pathlib import Path
 
-VARIANTS = {
-    "baseline": {"rows": "per_step", "precision": "fp32", "sampler": "random", "method": "full"},
-    "one_sequence": {"rows": "trajectory", "precision": "fp32", "sampler": "random", "method": "full"},
-    # auto: bf16 autocast where the hardware has it natively, fp32 where bf16 would be emulated (slmlib.train)
-    "one_sequence+grouped+auto": {"rows": "trajectory", "precision": "auto", "sampler": "group_by_length", "method": "full"},
-    "one_sequence+grouped+auto+lora": {"rows": "trajectory", "precision": "auto", "sampler": "group_by_length", "method": "lora"},
-    "one_sequence+grouped+auto+tcmalloc": {"rows": "trajectory", "precision": "auto", "sampler": "group_by_length",
-                                           "method": "full", "allocator": "tcmalloc"},
-    # the LM head scores only positions with a label (slmlib.train.lm_head_positions); the others score every one
-    "one_sequence+grouped+auto+learned_head": {"rows": "trajectory", "precision": "auto", "sampler": "group_by_length",
-                                               "method": "full", "lm_head": "learned"},
-    "one_sequence+grouped+auto+tcmalloc+learned_head": {"rows": "trajectory", "precision": "auto", "sampler": "group_by_length",
-                                                        "method": "full", "allocator": "tcmalloc", "lm_head": "learned"},
-}
+# A variant is "baseline" or levers joined by "+": one_sequence (every assistant turn of a trajectory in one row),
+# grouped (length-grouped batches), auto (the precision auto chooses: bf16 autocast only where the hardware has it
+# natively), lora, tcmalloc (preloaded into that child), learned_head (the LM head scores only labelled positions).
+LEVERS = ("one_sequence", "grouped", "auto", "lora", "tcmalloc", "learned_head")
+VARIANTS = ("baseline", "one_sequence", "one_sequence+grouped+auto", "one_sequence+grouped+auto+lora",
+            "one_sequence+grouped+auto+tcmalloc", "one_sequence+grouped+auto+learned_head",
+            "one_sequence+grouped+auto+tcmalloc+learned_head")
 OURS = ("one_sequence+grouped+auto+tcmalloc+learned_head", "one_sequence+grouped+auto+learned_head")  # as make run trains, with tcmalloc or without
+
+
+def variant(name: str) -> dict:
+    """A variant's settings from its name; an unknown lever is a ValueError naming the known ones."""
+    levers = set() if name == "baseline" else set(name.split("+"))
+    unknown = sorted(levers - set(LEVERS))
+    if unknown:
+        raise ValueError(f"bench variant {name!r}: unknown lever {unknown[0]!r} (a variant is 'baseline' or some of {', '.join(LEVERS)} joined by '+')")
+    return {"rows": "trajectory" if "one_sequence" in levers else "per_step",
+            "precision": "auto" if "auto" in levers else "fp32",
+            "sampler": "group_by_length" if "grouped" in levers else "random",
+            "method": "lora" if "lora" in levers else "full",
+            "allocator": "tcmalloc" if "tcmalloc" in levers else "glibc",
+            "lm_head": "learned" if "learned_head" in levers else "all"}
+
+
 RSS_STEPS = (10, 50, 100, 200)
 
 
@@ -112,6 +123,28 @@ def matmul_peak(precision: str, size: int = 2048, repeats: int = 5) -> float:
     return 2 * size ** 3 / best
 
 
+def time_limit(t0: float, seconds: float | None):
+    """A callback that ends a training at its first optimizer step after ``seconds`` from ``t0`` (None: never), for
+    comparisons at equal wall time (transformers is imported here: this module stays light to import)."""
+    from transformers import TrainerCallback
+
+    class TimeLimit(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if seconds is not None and time.perf_counter() - t0 >= seconds:
+                control.should_training_stop = True
+    return TimeLimit()
+
+
+def next_call(model, tokenizer, tasks: list[dict], out: Path) -> dict:
+    """Teacher-forced next-step accuracy on the held-out trajectories (``evaluate --mode step``: greedy, free
+    decoding, 256 new tokens), overall and by call position."""
+    from slmlib import evaluate, rollout
+    dec = rollout.Decoding(max_new_tokens=256, max_context=evaluate.context_window(model))
+    m = evaluate.step_mode(model, tokenizer, tasks, out / "next_call", dec, batch_size=1)
+    return {"step_call_match_rate": m["step_call_match_rate"],
+            **{k: v["step_call_match_rate"] for k, v in m["by_position"].items()}}
+
+
 def run_one(spec: dict) -> dict:
     """One training run as the child process of :func:`main` (reads and prints JSON)."""
     import torch
@@ -120,7 +153,7 @@ def run_one(spec: dict) -> dict:
     from trl import SFTTrainer
     from slmlib import config, encode, memory, models, train
     from slmlib.schema import read_jsonl
-    v = VARIANTS[spec["variant"]]
+    v = variant(spec["variant"])
     set_seed(spec["seed"])
     model, tokenizer = models.load(spec["model"])
     tasks = read_jsonl(spec["train_file"])
@@ -128,11 +161,12 @@ def run_one(spec: dict) -> dict:
     loss_on = "last" if v["rows"] == "per_step" else "all"
     rows, _ = train.encode_rows(rows_in, tokenizer, loss_on, 1 << 30)
     learned = sum(sum(1 for x in r["labels"] if x != encode.IGNORE) for r in rows)
-    lm_head = v.get("lm_head", "all")
+    lm_head = v["lm_head"]
     flops = model_flops(model, [r["length"] for r in rows], learned, lm_head)
     batch = spec["batch"]
     accumulation = math.ceil(len(rows) / (batch * spec["steps"]))
-    cfg = config.TrainConfig(method=v["method"], max_steps=spec["steps"], learning_rate=spec["lr"], warmup_steps=0,
+    lr = spec["lora_lr"] if v["method"] == "lora" and spec.get("lora_lr") else spec["lr"]
+    cfg = config.TrainConfig(method=v["method"], max_steps=spec["steps"], learning_rate=lr, warmup_steps=0,
                              per_device_batch_size=batch, gradient_accumulation=accumulation,
                              precision=v["precision"], lora_targets=spec["lora_targets"], save_steps=10**6,
                              logging_steps=1)
@@ -142,18 +176,21 @@ def run_one(spec: dict) -> dict:
     args.train_sampling_strategy = v["sampler"]
     steps_log = Path(spec["out"]) / "train_log.jsonl"
     steps_log.unlink(missing_ok=True)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
-                         callbacks=[train.ThroughputLog(steps_log, learned / len(rows))])
     t0 = time.perf_counter()
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+                         callbacks=[train.ThroughputLog(steps_log, learned / len(rows)), time_limit(t0, spec.get("seconds"))])
     with train.lm_head_positions(lm_head):
         trainer.train()
     wall = time.perf_counter() - t0
-    merged = trainer.model.merge_and_unload() if v["method"] == "lora" else trainer.model
+    done = trainer.state.global_step / spec["steps"]  # under a time limit, the share of the planned steps it reached
+    merged = (trainer.model.merge_and_unload() if v["method"] == "lora" else trainer.model).float()
     logged = {e["step"]: e["peak_rss_gb"] for e in map(json.loads, steps_log.read_text().splitlines())}
-    return {"variant": spec["variant"], "rows": len(rows), "tokens": sum(r["length"] for r in rows),
+    eval_tasks = read_jsonl(spec["eval_file"])
+    return {"variant": spec["variant"], "rows": len(rows), "tokens": sum(r["length"] for r in rows), "lr": lr,
             "supervised_tokens": learned, "steps": trainer.state.global_step, "wall_s": wall,
-            "supervised_tokens_per_s": learned / wall, "model_flops": flops, "flops_per_s": flops / wall,
-            "eval_loss": eval_loss(merged.float(), tokenizer, read_jsonl(spec["eval_file"])),
+            "supervised_tokens_per_s": learned * done / wall, "model_flops": flops, "flops_per_s": flops * done / wall,
+            "eval_loss": eval_loss(merged, tokenizer, eval_tasks),
+            "next_call": next_call(merged, tokenizer, eval_tasks, Path(spec["out"])) if spec.get("next_call") else None,
             "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
             "rss_gb_at_step": {step: logged[step] for step in RSS_STEPS if step in logged},
             "threads": torch.get_num_threads(), "allocator": memory.allocator(), "lm_head": lm_head}
@@ -175,7 +212,7 @@ def main(args) -> int:
     from slmlib.config import REPO
     from slmlib.schema import write_jsonl
     # each variant's environment up front: a missing allocator fails now, not after the others ran
-    envs = {variant: child_env(VARIANTS[variant].get("allocator", "glibc")) for variant in args.variants}
+    envs = {name: child_env(variant(name)["allocator"]) for name in args.variants}
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     train_tasks, eval_tasks = select(args.model, args.n_train, args.n_eval, args.max_length, args.seed,
@@ -183,37 +220,46 @@ def main(args) -> int:
     write_jsonl(work / "train.jsonl", train_tasks)
     write_jsonl(work / "eval.jsonl", eval_tasks)
     results = []
-    for variant in args.variants:
-        spec = {"variant": variant, "model": args.model, "seed": args.seed, "steps": args.steps, "lr": args.lr,
+    for name in args.variants:
+        spec = {"variant": name, "model": args.model, "seed": args.seed, "steps": args.steps, "lr": args.lr,
+                "lora_lr": args.lora_lr, "seconds": args.seconds, "next_call": args.next_call,
                 "batch": args.batch, "train_file": str(work / "train.jsonl"), "eval_file": str(work / "eval.jsonl"),
-                "out": str(work / variant), "lora_targets": args.lora_targets}
+                "out": str(work / name), "lora_targets": args.lora_targets}
         proc = subprocess.run([sys.executable, "-m", "slmlib.bench", json.dumps(spec)], capture_output=True, text=True,
-                              env=envs[variant])
+                              env=envs[name])
         if proc.returncode != 0:
-            raise RuntimeError(f"bench variant {variant} failed:\n{proc.stderr[-3000:]}")
+            raise RuntimeError(f"bench variant {name} failed:\n{proc.stderr[-3000:]}")
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         print(json.dumps(results[-1]), file=sys.stderr, flush=True)
     base = results[0]
     from slmlib.train import choose_precision
     precision, why = choose_precision("auto")
     peak = matmul_peak(precision)
+    budget = f"at most {args.seconds:.0f} s each (equal wall time) of " if args.seconds else ""
     print(f"model {args.model}, {len(train_tasks)} trajectories ({base['supervised_tokens']} supervised tokens), "
-          f"{args.steps} optimizer steps, lr {args.lr}, held-out loss on {len(eval_tasks)} trajectories; "
+          f"{budget}{args.steps} optimizer steps, lr {args.lr} (LoRA {args.lora_lr or args.lr}), held-out loss "
+          f"{'and teacher-forced next-call accuracy ' if args.next_call else ''}on {len(eval_tasks)} trajectories; "
           f"CPU {cpu_capability()}, precision auto = {why}")
     print(f"hardware use: model FLOP/s (slmlib.bench.model_flops) over this CPU's measured {precision} matmul peak, "
           f"{peak / 1e9:.1f} GFLOP/s (2048-cubed, {results[-1]['threads']} threads)")
-    steps = [s for s in RSS_STEPS if s <= args.steps]
-    print(f"{'variant':48} {'rows':>5} {'tokens':>7} {'sup.tok/s':>9} {'wall s':>8} {'eval loss':>9} {'Δloss':>7} "
-          f"{'GFLOP/s':>7} {'of peak':>7} {'RSS GB':>6} " + "".join(f"{'peak@' + str(s):>9}" for s in steps) + f" {'speed':>6}")
+    steps = [s for s in RSS_STEPS if s <= max(r["steps"] for r in results)]
+    positions = sorted({k for r in results if r["next_call"] for k in r["next_call"] if k != "step_call_match_rate"})
+    print(f"{'variant':48} {'rows':>5} {'tokens':>7} {'steps':>5} {'sup.tok/s':>9} {'wall s':>8} {'eval loss':>9} {'Δloss':>7} "
+          f"{'GFLOP/s':>7} {'of peak':>7} {'RSS GB':>6} " + "".join(f"{'peak@' + str(s):>9}" for s in steps)
+          + (f" {'next call':>9}" + "".join(f"{'@' + p:>6}" for p in positions) if args.next_call else "") + f" {'speed':>6}")
     for r in results:
-        at = r["rss_gb_at_step"]
-        print(f"{r['variant']:48} {r['rows']:5d} {r['tokens']:7d} {r['supervised_tokens_per_s']:9.1f} {r['wall_s']:8.1f} "
-              f"{r['eval_loss']:9.4f} {100 * (r['eval_loss'] / base['eval_loss'] - 1):+6.2f}% "
+        at, nc = r["rss_gb_at_step"], r["next_call"] or {}
+        print(f"{r['variant']:48} {r['rows']:5d} {r['tokens']:7d} {r['steps']:5d} {r['supervised_tokens_per_s']:9.1f} "
+              f"{r['wall_s']:8.1f} {r['eval_loss']:9.4f} {100 * (r['eval_loss'] / base['eval_loss'] - 1):+6.2f}% "
               f"{r['flops_per_s'] / 1e9:7.1f} {100 * r['flops_per_s'] / peak:6.1f}% {r['peak_rss_gb']:6.2f} "
-              + "".join(f"{at[str(s)]:9.2f}" if str(s) in at else f"{'-':>9}" for s in steps) + f" {base['wall_s'] / r['wall_s']:5.2f}x")
+              + "".join(f"{at[str(s)]:9.2f}" if str(s) in at else f"{'-':>9}" for s in steps)
+              + (f" {nc['step_call_match_rate']:9.3f}" + "".join(f"{nc[p]:6.3f}" if p in nc else f"{'-':>6}" for p in positions)
+                 if args.next_call else "")
+              + f" {r['supervised_tokens_per_s'] / base['supervised_tokens_per_s']:5.2f}x")
     (work / "results.json").write_text(json.dumps({"matmul_peak_flops": peak, "variants": results}, indent=2))
     ours = next((r for name in OURS for r in results if r["variant"] == name), results[-1])
-    print(f"speedup: {base['wall_s'] / ours['wall_s']:.2f}x ({ours['variant']})")
+    print(f"speedup: {ours['supervised_tokens_per_s'] / base['supervised_tokens_per_s']:.2f}x ({ours['variant']}, "
+          f"supervised tokens per second)")
     return 0
 
 

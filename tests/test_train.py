@@ -211,3 +211,15 @@ def test_snapshots_give_a_learning_curve_that_resumes(small, tmp_path):
     kept = (run / "eval" / "curve" / "step-2" / "step" / "metrics.json").stat().st_mtime_ns
     assert curve.evaluate_curve(profile, run) == learned  # a rerun reads what each point has
     assert (run / "eval" / "curve" / "step-2" / "step" / "metrics.json").stat().st_mtime_ns == kept
+
+
+def test_bench_variants_are_levers_joined_by_plus():
+    from slmlib import bench
+    assert bench.variant("baseline") == {"rows": "per_step", "precision": "fp32", "sampler": "random", "method": "full",
+                                         "allocator": "glibc", "lm_head": "all"}
+    assert bench.variant("one_sequence+grouped+auto+tcmalloc+learned_head") == {
+        "rows": "trajectory", "precision": "auto", "sampler": "group_by_length", "method": "full", "allocator": "tcmalloc",
+        "lm_head": "learned"}
+    assert all(name in bench.VARIANTS for name in bench.OURS)
+    proc = cli("bench", "train", "--variants", "baseline", "one_sequence+fast")
+    assert proc.returncode == 2 and "unknown lever 'fast'" in proc.stderr and "Traceback" not in proc.stderr
