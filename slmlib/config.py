@@ -96,6 +96,7 @@ class EvalConfig:
     search: SearchConfig = field(default_factory=SearchConfig)  # with agent: dfsdt
     curve_set: str = "complexfuncbench"    # the task set every training snapshot is evaluated on (train.snapshots)
     curve_episodes: int = 2                # snapshots also played as episodes, spread evenly, the final model included
+    curve_limit: int = -1                  # the first this many tasks of curve_set (a seeded sample already); -1 = all
 
     def all_decodings(self) -> list[str]:
         """The decodings every model is evaluated with, the reported one first."""

@@ -5,7 +5,8 @@ optimizer steps before the last in ``train/snapshots/step-<S>/``, listed with th
 seen by then in ``train/snapshots/index.json``; the final model is the curve's last point. Each point
 gets teacher-forced next-step accuracy by call position (``evaluate --mode step``) on one of the run's
 task sets, and ``eval.curve_episodes`` of them, evenly spread and the final one included, an episode
-pass rate as well. Results go to ``eval/curve/`` and ``eval/curve/curve.json``.
+pass rate as well, on the first ``eval.curve_limit`` tasks where set (every point is an evaluation of its
+own). Results go to ``eval/curve/`` and ``eval/curve/curve.json``.
 """
 from __future__ import annotations
 
@@ -110,17 +111,18 @@ def evaluate_curve(profile, run_path: str | Path) -> dict | None:
         model, adapter = evaluate.model_and_adapter(profile, p["model"])
         step_dir = out / f"step-{p['step']}" / "step"
         step = read_json(step_dir / "metrics.json") if (step_dir / "metrics.json").is_file() else evaluate.evaluate(
-            model, task_file, step_dir, adapter=adapter, mode="step", **settings)
+            model, task_file, step_dir, adapter=adapter, mode="step", limit=profile.eval.curve_limit, **settings)
         row = {"step": p["step"], "supervised_tokens_seen": p["supervised_tokens_seen"],
                "step_call_match_rate": step["step_call_match_rate"],
                **{f"call_match_at_{k}": v["step_call_match_rate"] for k, v in step["by_position"].items()}}
         if i in with_episodes:
             final = i == len(pts) - 1
-            episodes = (run / "eval" / evaluate.trained_label(profile) / profile.eval.curve_set if final
-                        else out / f"step-{p['step']}" / "episode")
-            row["pass_rate"] = evaluate.evaluate(model, task_file, episodes, adapter=adapter, **settings)["pass_rate"]
+            episodes = (run / "eval" / evaluate.trained_label(profile) / profile.eval.curve_set
+                        if final and profile.eval.curve_limit < 0 else out / f"step-{p['step']}" / "episode")
+            row["pass_rate"] = evaluate.evaluate(model, task_file, episodes, adapter=adapter, limit=profile.eval.curve_limit,
+                                                 **settings)["pass_rate"]
         rows.append(row)
-    curve = {"task_set": profile.eval.curve_set, "tasks": str(task_file.relative_to(run)),
+    curve = {"task_set": profile.eval.curve_set, "tasks": str(task_file.relative_to(run)), "limit": profile.eval.curve_limit,
              "paper_supervised_tokens": paper_budget(profile.data.root, models.load_tokenizer(profile.model.name)),
              "points": rows}
     atomic_write_json(out / "curve.json", curve)

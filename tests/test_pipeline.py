@@ -59,6 +59,7 @@ def test_training_evaluation_and_results_metrics(smoke_run):
     assert "call_every_tool" in floor_table and "stabletoolbench" in floor_table
     learned = read_json(smoke_run / "eval" / "curve" / "curve.json")  # train.snapshots: 1, the final model beside it
     assert [p["step"] for p in learned["points"]] == [2, 4] and all("pass_rate" in p for p in learned["points"])
+    assert not (smoke_run / "eval" / "curve" / "step-4" / "episode").exists()  # the final model's are the run's own episodes
     for name in ("training_curves", "error_breakdown", "pass_rate_complexfuncbench", "call_quality", "speed_cost",
                  "learning_curve"):
         assert (smoke_run / f"{name}.png").stat().st_size > 5_000, name

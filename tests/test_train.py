@@ -193,7 +193,7 @@ def test_snapshots_give_a_learning_curve_that_resumes(small, tmp_path):
     (run / "data").mkdir(parents=True)
     schema.write_jsonl(run / "data" / "test_complexfuncbench.jsonl", list(complexfuncbench.tasks("test"))[:2])
     text = (small / "p.yaml").read_text().replace("logging_steps: 1}", "logging_steps: 1, snapshots: 2}")
-    (tmp_path / "p.yaml").write_text(text + "eval: {max_steps: 2, max_new_tokens: 16, batch_size: 2, baselines: []}\n")
+    (tmp_path / "p.yaml").write_text(text + "eval: {max_steps: 2, max_new_tokens: 16, batch_size: 2, baselines: [], curve_limit: 1}\n")
     profile = config.load(tmp_path / "p.yaml")
     summary = train.train(profile, small / "train.jsonl", run / "train")
     assert summary["rows_per_step"] == 2 and sorted(p.name for p in (run / "train" / "snapshots").iterdir()) == [
@@ -204,7 +204,8 @@ def test_snapshots_give_a_learning_curve_that_resumes(small, tmp_path):
     seen = [p["supervised_tokens_seen"] for p in points]
     assert seen == sorted(seen) and seen[-1] == round(6 * 2 * summary["supervised_tokens"] / summary["n_rows"])
     assert ["pass_rate" in p for p in points] == [True, False, True]  # curve_episodes 2: the first and the final model
-    assert (run / "eval" / "tiny-opt-sft" / "complexfuncbench" / "predictions.jsonl").is_file()  # the run's own evaluation
+    assert read_json(run / "eval" / "curve" / "step-6" / "episode" / "metrics.json")["n_tasks"] == 1  # curve_limit
+    assert read_json(run / "eval" / "curve" / "step-2" / "step" / "metrics.json")["n_tasks"] == 1
     assert all(0 <= p["step_call_match_rate"] <= 1 and "call_match_at_1" in p for p in points)
     assert learned["paper_supervised_tokens"] > curve.PAPER_ROWS  # many learned tokens per ToolLLaMA row
     assert read_json(run / "eval" / "curve" / "curve.json") == learned
