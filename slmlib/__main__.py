@@ -244,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     bu.add_argument("--out", required=True, help="a new folder")
     bu.add_argument("--params", default="params/gpu.yaml", help="the profile to run there (its data sources)")
     bu.add_argument("--python-version", default=platform.python_version(),
-                    help="the target's Python, e.g. 3.12 (default: this one, patch level included)")
+                    help="the target's Python with its patch level, e.g. 3.12.3 (default: this one)")
     bu.add_argument("--platform", action="append", help="wheel platform tags (repeat); default: x86_64 Linux, glibc 2.35 or older")
     bu.add_argument("--part-mb", type=positive, default=50)
     bu.set_defaults(func=_bundle)

@@ -38,11 +38,12 @@ mkdir -p ../shared && cp -r BUNDLE/shared/data ../shared/   # the profile's data
 python{python} -m venv --system-site-packages .venv      # sees the machine's CUDA torch
 .venv/bin/pip install --no-index --no-deps BUNDLE/wheels/*.whl
 .venv/bin/pip install --no-index --no-deps --no-build-isolation --ignore-requires-python -e .
+.venv/bin/python -m ipykernel install --sys-prefix --name python3 > /dev/null   # the notebooks' kernel, as make sets it up
 touch .venv/.installed                                 # make's stamp: the environment is set up
 SLMLIB_CACHE=BUNDLE/cache HF_HUB_OFFLINE=1 make run PROFILE={profile}
 ```
 
-Made for Python {python} on {platform}; {n_wheels} wheels, the carriers {carriers}.
+Made for Python {version} on {platform}; {n_wheels} wheels, the carriers {carriers}.
 Check first that the machine's torch imports with CUDA: `python{python} -c "import torch; print(torch.cuda.is_available())"`.
 """
 
@@ -74,6 +75,9 @@ def download(requirements: list[str], dest: Path, python_version: str, platforms
     if proc.returncode != 0:
         missing = [line for line in proc.stderr.splitlines() if line.startswith("ERROR: No matching distribution")]
         reason = missing[-1].removeprefix("ERROR: ") if missing else proc.stderr.strip().splitlines()[-1]
+        if "require a different python version" in proc.stderr and python_version.count(".") == 1:
+            # pip reads 3.11 as 3.11.0, below a Requires-Python such as soupsieve 4.1.3's >=3.11.5
+            reason += f" (its wheels need a later {python_version}.x: give the machine's full version, e.g. {python_version}.7)"
         raise NoWheels(f"no wheels for Python {python_version} on {platforms[-1]}..{platforms[0]}: {reason}")
 
 
@@ -148,7 +152,9 @@ def bundle(out: str | Path, params: str | Path, python_version: str, platforms: 
     summary = {"parts": [p.name for p in parts], "bytes": sum(p.stat().st_size for p in parts),
                "wheels": len(requirements), "carriers": carriers, "python": python_version, "platforms": platforms,
                "profile": Path(params).stem, "commit": git_sha(config.REPO)}
-    (out / "INSTALL.md").write_text(INSTALL.format(commit=summary["commit"], python=python_version, platform=f"{platforms[-1]} to {platforms[0]}" if len(platforms) > 1 else platforms[0],
+    interpreter = ".".join(python_version.split(".")[:2])  # python3.11, whichever 3.11.x the wheels were chosen for
+    (out / "INSTALL.md").write_text(INSTALL.format(commit=summary["commit"], python=interpreter, version=python_version,
+                                                    platform=f"{platforms[-1]} to {platforms[0]}" if len(platforms) > 1 else platforms[0],
                                                     profile=summary["profile"], n_wheels=len(requirements),
                                                     carriers=", ".join(carriers)))
     (out / "bundle.json").write_text(json.dumps(summary, indent=2) + "\n")
