@@ -110,6 +110,8 @@ def _bundle(args) -> int:
 
 def _bench_train(args) -> int:
     from slmlib import bench
+    if bool(args.train_file) != bool(args.eval_file):
+        raise UsageError("--train-file and --eval-file go together")
     return bench.main(args)
 
 
@@ -269,6 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--next-call", action="store_true",
                     help="also teacher-forced next-call accuracy on the held-out trajectories, by call position")
     bt.add_argument("--data-root", default=None)
+    bt.add_argument("--train-file", help="train on this task file's first --n-train trajectories instead of the bench's own pick")
+    bt.add_argument("--eval-file", help="with --train-file: held-out tasks, its first --n-eval (gold calls and replay suffice)")
     bt.add_argument("--work", default="/tmp/slmlib-bench-train", help="scratch folder")
     bt.set_defaults(func=_bench_train)
     be = bench_sub.add_parser("eval", help="batched rollout vs one task at a time")

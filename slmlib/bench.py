@@ -79,16 +79,17 @@ def select(model: str, n_train: int, n_eval: int, max_length: int, seed: int, da
 
 
 def eval_loss(model, tokenizer, tasks) -> float:
-    """Mean loss per learned token, every assistant turn, fp32, teacher-forced."""
+    """Mean loss per learned token, every assistant turn of each task's gold trajectory, fp32, teacher-forced."""
     import torch
-    from slmlib import encode
+    from slmlib import encode, evaluate
     from slmlib import toolbench_format as tbf
     total, n = 0.0, 0
     model.eval()
     with torch.no_grad():
         for task in tasks:
-            enc = encode.encode(tbf.segments(task, "all"), tokenizer)
-            ids, labels = torch.tensor([enc.input_ids]), torch.tensor([enc.labels])
+            enc = encode.encode(tbf.segments({**task, "messages": evaluate.gold_trajectory(task)}, "all"), tokenizer)
+            window = evaluate.context_window(model)  # a test trajectory may run past a small model's positions
+            ids, labels = torch.tensor([enc.input_ids[:window]]), torch.tensor([enc.labels[:window]])
             logits = model(input_ids=ids).logits.float()
             loss = torch.nn.functional.cross_entropy(logits[0, :-1], labels[0, 1:], ignore_index=encode.IGNORE, reduction="sum")
             total, n = total + loss.item(), n + int((labels[0, 1:] != encode.IGNORE).sum())
@@ -210,13 +211,16 @@ def child_env(allocator: str) -> dict[str, str]:
 
 def main(args) -> int:
     from slmlib.config import REPO
-    from slmlib.schema import write_jsonl
+    from slmlib.schema import read_jsonl, write_jsonl
     # each variant's environment up front: a missing allocator fails now, not after the others ran
     envs = {name: child_env(variant(name)["allocator"]) for name in args.variants}
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    train_tasks, eval_tasks = select(args.model, args.n_train, args.n_eval, args.max_length, args.seed,
-                                     str(REPO / "../shared/data") if args.data_root is None else args.data_root)
+    if args.train_file:  # a run's own data, e.g. <run>/data/train.jsonl and a test file (gold calls and replay)
+        train_tasks, eval_tasks = read_jsonl(args.train_file)[:args.n_train], read_jsonl(args.eval_file)[:args.n_eval]
+    else:
+        train_tasks, eval_tasks = select(args.model, args.n_train, args.n_eval, args.max_length, args.seed,
+                                         str(REPO / "../shared/data") if args.data_root is None else args.data_root)
     write_jsonl(work / "train.jsonl", train_tasks)
     write_jsonl(work / "eval.jsonl", eval_tasks)
     results = []
