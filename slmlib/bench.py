@@ -183,7 +183,7 @@ def run_one(spec: dict) -> dict:
     with train.lm_head_positions(lm_head):
         trainer.train()
     wall = time.perf_counter() - t0
-    done = trainer.state.global_step / spec["steps"]  # under a time limit, the share of the planned steps it reached
+    done = trainer.state.global_step * batch * accumulation / len(rows)  # passes over the rows (under a time limit, a share)
     merged = (trainer.model.merge_and_unload() if v["method"] == "lora" else trainer.model).float()
     logged = {e["step"]: e["peak_rss_gb"] for e in map(json.loads, steps_log.read_text().splitlines())}
     eval_tasks = read_jsonl(spec["eval_file"])
