@@ -1,4 +1,4 @@
-# Two commands: `make run [PROFILE=smoke|default|cpu-full|gpu|paper] [RESUME=<run-id> [FROM=<notebook>]]` and `make test`.
+# Two commands: `make run [PROFILE=smoke|workshop|default|cpu-full|cpu-long|gpu|paper] [RESUME=<run-id> [FROM=<notebook>]]` and `make test`.
 PROFILE ?= default
 PYTHON ?= python3.11
 VENV := .venv
