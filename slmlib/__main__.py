@@ -167,16 +167,18 @@ def user_errors() -> tuple[type[BaseException], ...]:
             FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError)
 
 
+def bench_variant(name: str) -> str:
+    """A ``bench train --variants`` name, checked: an unknown lever is argparse's one-line error."""
+    from slmlib.bench import variant
+    try:
+        variant(name)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return name
+
+
 def build_parser() -> argparse.ArgumentParser:
     from slmlib.bench import EVAL_CONFIGS, VARIANTS  # light: its heavy imports are inside its functions
-
-    def bench_variant(name: str) -> str:
-        from slmlib.bench import variant
-        try:
-            variant(name)
-        except ValueError as e:
-            raise argparse.ArgumentTypeError(str(e)) from None
-        return name
     from slmlib.memory import tcmalloc
     p = Parser(prog="python -m slmlib", description=__doc__)
     p.add_argument("--debug", action="store_true", help="show the whole traceback of an error")

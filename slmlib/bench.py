@@ -85,10 +85,10 @@ def eval_loss(model, tokenizer, tasks) -> float:
     from slmlib import toolbench_format as tbf
     total, n = 0.0, 0
     model.eval()
+    window = evaluate.context_window(model)  # a test trajectory may run past a small model's positions
     with torch.no_grad():
         for task in tasks:
             enc = encode.encode(tbf.segments({**task, "messages": evaluate.gold_trajectory(task)}, "all"), tokenizer)
-            window = evaluate.context_window(model)  # a test trajectory may run past a small model's positions
             ids, labels = torch.tensor([enc.input_ids[:window]]), torch.tensor([enc.labels[:window]])
             logits = model(input_ids=ids).logits.float()
             loss = torch.nn.functional.cross_entropy(logits[0, :-1], labels[0, 1:], ignore_index=encode.IGNORE, reduction="sum")
@@ -152,7 +152,7 @@ def run_one(spec: dict) -> dict:
     from datasets import Dataset
     from transformers import set_seed
     from trl import SFTTrainer
-    from slmlib import config, encode, memory, models, train
+    from slmlib import config, memory, models, train
     from slmlib.schema import read_jsonl
     v = variant(spec["variant"])
     set_seed(spec["seed"])
@@ -161,7 +161,7 @@ def run_one(spec: dict) -> dict:
     rows_in = train.per_step_rows(tasks) if v["rows"] == "per_step" else tasks
     loss_on = "last" if v["rows"] == "per_step" else "all"
     rows, _ = train.encode_rows(rows_in, tokenizer, loss_on, 1 << 30)
-    learned = sum(sum(1 for x in r["labels"] if x != encode.IGNORE) for r in rows)
+    learned = train.learned_tokens(rows)
     lm_head = v["lm_head"]
     flops = model_flops(model, [r["length"] for r in rows], learned, lm_head)
     batch = spec["batch"]
@@ -223,6 +223,9 @@ def main(args) -> int:
                                          str(REPO / "../shared/data") if args.data_root is None else args.data_root)
     write_jsonl(work / "train.jsonl", train_tasks)
     write_jsonl(work / "eval.jsonl", eval_tasks)
+    from slmlib.train import choose_precision
+    precision, why = choose_precision("auto")
+    peak = matmul_peak(precision)  # before the variants, while this process is the machine's only load
     results = []
     for name in args.variants:
         spec = {"variant": name, "model": args.model, "seed": args.seed, "steps": args.steps, "lr": args.lr,
@@ -236,9 +239,6 @@ def main(args) -> int:
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         print(json.dumps(results[-1]), file=sys.stderr, flush=True)
     base = results[0]
-    from slmlib.train import choose_precision
-    precision, why = choose_precision("auto")
-    peak = matmul_peak(precision)
     budget = f"at most {args.seconds:.0f} s each (equal wall time) of " if args.seconds else ""
     print(f"model {args.model}, {len(train_tasks)} trajectories ({base['supervised_tokens']} supervised tokens), "
           f"{budget}{args.steps} optimizer steps, lr {args.lr} (LoRA {args.lora_lr or args.lr}), held-out loss "

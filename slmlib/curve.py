@@ -25,6 +25,11 @@ def snapshot_steps(total_steps: int, n: int) -> list[int]:
     return sorted({round(total_steps * k / (n + 1)) for k in range(1, n + 1)} - {0, total_steps})
 
 
+def rows_per_step(args) -> int:
+    """Training rows in one optimizer step of these ``TrainingArguments``, every process together."""
+    return args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+
+
 def supervised_tokens_seen(step: int, rows_per_step: int, learned_per_row: float) -> int:
     """An estimate: the rows of ``step`` optimizer steps times the mean learned tokens of a row (exact at an epoch's end)."""
     return round(step * rows_per_step * learned_per_row)
@@ -51,11 +56,10 @@ class Snapshots(TrainerCallback):
         model.save_pretrained(partial)
         self.tokenizer.save_pretrained(partial)
         partial.rename(final)
-        rows = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
         index = self.folder / "index.json"
         points = [p for p in (read_json(index) if index.is_file() else []) if p["step"] != state.global_step]
         points.append({"step": state.global_step, "path": final.name,
-                       "supervised_tokens_seen": supervised_tokens_seen(state.global_step, rows, self.learned_per_row)})
+                       "supervised_tokens_seen": supervised_tokens_seen(state.global_step, rows_per_step(args), self.learned_per_row)})
         atomic_write_json(index, sorted(points, key=lambda p: p["step"]))
 
 
@@ -88,8 +92,7 @@ def paper_budget(data_root: str | Path, tokenizer) -> float | None:
     if not folder.is_dir():
         return None
     rows, _ = train.encode_rows(toolbench.answer_dir_tasks(folder), tokenizer, "last", 1 << 30)
-    learned = [sum(1 for x in r["labels"] if x != -100) for r in rows]
-    return PAPER_ROWS * sum(learned) / len(learned) if learned else None
+    return PAPER_ROWS * train.learned_tokens(rows) / len(rows) if rows else None
 
 
 def evaluate_curve(profile, run_path: str | Path) -> dict | None:

@@ -47,6 +47,11 @@ def encode_rows(tasks, tokenizer, loss_on: str, max_length: int) -> tuple[list[d
     return rows, too_long
 
 
+def learned_tokens(rows: list[dict]) -> int:
+    """Tokens with a label in :func:`encode_rows`' rows: what the loss learns."""
+    return sum(sum(1 for x in r["labels"] if x != encode.IGNORE) for r in rows)
+
+
 def per_step_rows(tasks) -> list[dict]:
     """ToolLLaMA's layout: one row per assistant step, the history up to it as context."""
     out = []
@@ -82,14 +87,12 @@ def lm_head_positions(which: str):
     shapes stay fixed; eager CPU code compiles nothing, and there the head's work is wasted on prompt, tool and
     observation tokens (a third to two thirds of a trajectory). The choice is TRL's one switch,
     ``trl.trainer.utils._use_triton``, read only there (the kernels keep their own reference); the loss is the
-    same either way (``tests/test_train.py``). A TRL without that switch trains with ``all``, said in the log."""
+    same either way, and a test sees the head get only the learned rows (``tests/test_train.py``)."""
     from trl.trainer import utils as trl_utils
-    original = getattr(trl_utils, "_use_triton", None)
-    if which == "all" or original is None:
-        if which == "learned":
-            log.warning("this TRL has no trl.trainer.utils._use_triton: the LM head scores every position")
+    if which == "all":
         yield
         return
+    original = trl_utils._use_triton
     trl_utils._use_triton = lambda device: device.type == "cpu" or original(device)
     try:
         yield
@@ -132,7 +135,7 @@ class ThroughputLog(TrainerCallback):
         if not logs or "loss" not in logs:
             return
         elapsed = time.perf_counter() - self.t0
-        rows = (state.global_step - self.step0) * args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+        rows = (state.global_step - self.step0) * curve.rows_per_step(args)
         entry = {"step": state.global_step, "epoch": state.epoch, "loss": logs["loss"],
                  "learning_rate": logs.get("learning_rate"), "elapsed_s": round(elapsed, 2),
                  "supervised_tokens_per_s": round(rows * self.learned_per_row / elapsed, 1) if elapsed else None,
@@ -212,7 +215,7 @@ def train(profile: Profile, train_file: str | Path, out_dir: str | Path, overwri
     rows, too_long = encode_rows(iter_jsonl(train_file), tokenizer, cfg.loss_on, profile.data.max_length)
     if not rows:
         raise EmptyDataset(f"{train_file}: no trajectory with a learned token fits the {profile.data.max_length}-token window")
-    learned = sum(sum(1 for x in r["labels"] if x != encode.IGNORE) for r in rows)
+    learned = learned_tokens(rows)
     if cfg.method == "lora":
         model = apply_lora(model, cfg)
     ckpt_dir = out / "checkpoints"
@@ -242,7 +245,7 @@ def train(profile: Profile, train_file: str | Path, out_dir: str | Path, overwri
         "max_observation_chars": profile.data.max_observation_chars, "base_model": profile.model.name,
         "method": cfg.method})
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    rows_per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+    rows_per_step = curve.rows_per_step(args)
     summary = {"n_rows": len(rows), "dropped_too_long": too_long, "supervised_tokens": learned,
                "tokens": sum(r["length"] for r in rows), "steps": trainer.state.global_step,
                "rows_per_step": rows_per_step,
