@@ -186,12 +186,19 @@ def test_source_notebooks_are_committed_without_outputs():
 
 
 
-def test_committed_results_are_the_exports_own_and_the_readme_shows_them():
+@pytest.mark.parametrize("folder", sorted(p.parent.relative_to(REPO).as_posix() for p in REPO.glob("results/**/metrics.json")))
+def test_every_committed_export_is_the_exports_own(folder):
     from slmlib import results
-    out = REPO / "results"
+    out = REPO / folder
     summary, readme = read_json(out / "metrics.json"), (out / "README.md").read_text()
     command = readme.split("```\n")[1].rstrip("\n")
     assert results.markdown(summary, command) == readme  # generated from metrics.json, not edited by hand
+    assert f"--out {folder}" in command
+
+
+def test_the_readme_shows_the_committed_results():
+    out = REPO / "results"
+    summary, readme = read_json(out / "metrics.json"), (out / "README.md").read_text()
     top = (REPO / "README.md").read_text()
     overall = readme.split("## Pass rate and call quality (overall per task set)\n\n")[1].split("\n\n")[0]
     assert overall in top and summary["run_id"] in top
