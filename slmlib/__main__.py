@@ -85,7 +85,7 @@ def _evaluate(args) -> int:
                        url=args.url, max_steps=args.max_steps, limit=args.limit, judge_name=args.judge,
                        batch_size=args.batch_size, temperature=args.temperature, max_new_tokens=args.max_new_tokens,
                        seed=args.seed, dtype=args.dtype, judge_model=args.judge_model, key_guard=not args.no_key_guard,
-                       decoding=args.decoding, agent=args.agent,
+                       decoding=args.decoding, agent=args.agent, workers=args.workers,
                        search=SearchConfig(width=args.width, chain_steps=args.chain_steps, budget=args.budget))
     print(json.dumps({k: v for k, v in metrics.items() if k not in ("groups", "floors")}, indent=2))
     return 0
@@ -118,6 +118,11 @@ def _bench_train(args) -> int:
 def _bench_eval(args) -> int:
     from slmlib import bench
     return bench.main_eval(args)
+
+
+def _bench_workers(args) -> int:
+    from slmlib import bench
+    return bench.main_workers(args)
 
 
 def _run(args) -> int:
@@ -223,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--judge", choices=("offline", "tooleval"), default="offline")
     ev.add_argument("--judge-model", help="model name at the OpenAI-compatible endpoint (OPENAI_BASE_URL, OPENAI_API_KEY)")
     ev.add_argument("--batch-size", type=positive, default=8)
+    ev.add_argument("--workers", type=positive, default=1,
+                    help="processes rolling episodes out, each loading the model and taking its share of the cores")
     ev.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; the paper used 0.1")
     ev.add_argument("--max-new-tokens", type=positive, default=256)
     ev.add_argument("--seed", type=int, default=0)
@@ -287,6 +294,16 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the first is the baseline the others are compared with")
     be.add_argument("--work", default="/tmp/slmlib-bench-eval")
     be.set_defaults(func=_bench_eval)
+    bw = bench_sub.add_parser("workers", help="evaluate in one process vs several worker processes sharing the cores")
+    bw.add_argument("--model", default="smollm2-135m-instruct", help="embedded name or folder (a trained model)")
+    bw.add_argument("--tasks", help="task file; default: ComplexFuncBench's test split")
+    bw.add_argument("--n-tasks", type=positive, default=8)
+    bw.add_argument("--workers", type=positive, default=2)
+    bw.add_argument("--decoding", choices=("free", "grammar"), default="grammar")
+    bw.add_argument("--max-steps", type=positive, default=10, help="as evaluate: the paper's budget")
+    bw.add_argument("--max-new-tokens", type=positive, default=256, help="as evaluate")
+    bw.add_argument("--work", default="/tmp/slmlib-bench-workers")
+    bw.set_defaults(func=_bench_workers)
 
     assets = sub.add_parser("assets", help="fetch and prepare the embedded models and ComplexFuncBench")
     assets_sub = assets.add_subparsers(dest="assets_command", required=True)

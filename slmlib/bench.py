@@ -2,7 +2,8 @@
 
 ``bench eval`` runs the same ComplexFuncBench tasks with the batched rollout (early stop at each
 step's end) and with one task at a time running ``generate`` to the token limit, checks that the
-greedy trajectories are the same, and prints ``speedup: R.RRx`` in tasks per second.
+greedy trajectories are the same, and prints ``speedup: R.RRx`` in tasks per second. ``bench workers``
+runs ``evaluate`` in one process and with ``--workers N`` back to back (:func:`main_workers`).
 
 ``bench train``:
 
@@ -342,6 +343,45 @@ def main_eval(args) -> int:
               f"{per_token:7.1f} {r['peak_rss_gb']:7.2f} {same:>4d}/{len(base['outputs']):<4d} {same_valid:>5d}/{len(valid):<5d} "
               f"{r['tasks_per_s'] / base['tasks_per_s']:7.2f}x {per_token / (1000 * base['wall_s'] / max(base['new_tokens'], 1)):8.2f}x")
     (work / "results.json").write_text(json.dumps(results, indent=2))
+    return 0
+
+
+def main_workers(args) -> int:
+    """``evaluate`` in one process (every core) against ``--workers N`` (the cores shared out), back to back on the
+    same tasks and settings; prints ``speedup: R.RRx`` in tasks per hour and whether the episodes are the same."""
+    import shutil
+    from slmlib.data import complexfuncbench
+    from slmlib.eval_workers import threads_each
+    from slmlib.evaluate import evaluate
+    from slmlib.schema import read_jsonl, write_jsonl
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    tasks_file = work / "tasks.jsonl"
+    write_jsonl(tasks_file, read_jsonl(args.tasks)[:args.n_tasks] if args.tasks else list(complexfuncbench.tasks("test"))[:args.n_tasks])
+    rows = []
+    for n in (1, args.workers):
+        out = work / f"workers-{n}"
+        shutil.rmtree(out, ignore_errors=True)  # a fresh rollout: a resumed one would time nothing
+        t0 = time.perf_counter()
+        m = evaluate(args.model, tasks_file, out, batch_size=1, max_steps=args.max_steps, max_new_tokens=args.max_new_tokens,
+                     decoding=args.decoding, workers=n)
+        wall = time.perf_counter() - t0
+        episodes = {r["id"]: [s["raw"] for s in r["steps"]] for r in map(json.loads, (out / "predictions.jsonl").open())}
+        rows.append({"workers": n, "threads": threads_each(n), "wall_s": wall, "tasks": m["n_tasks"],
+                     "seconds_per_task": m["seconds_per_task"], "peak_rss_gb": m["peak_rss_gb"], "episodes": episodes})
+    base = rows[0]
+    print(f"model {args.model}, {base['tasks']} tasks ({args.tasks or 'ComplexFuncBench test'}), {args.decoding} decoding, greedy, "
+          f"batch 1, <= {args.max_steps} steps, <= {args.max_new_tokens} new tokens a step; CPU {cpu_capability()}, "
+          f"{len(os.sched_getaffinity(0))} cores")
+    print(f"{'workers':>7} {'threads each':>12} {'wall s':>8} {'tasks/h':>8} {'s/episode':>9} {'RSS GB':>7} {'identical':>9} {'speedup':>8}")
+    for r in rows:
+        same = sum(base["episodes"][k] == r["episodes"].get(k) for k in base["episodes"])
+        print(f"{r['workers']:7d} {r['threads']:12d} {r['wall_s']:8.1f} {3600 * r['tasks'] / r['wall_s']:8.1f} "
+              f"{r['seconds_per_task']:9.2f} {r['peak_rss_gb']:7.2f} {same:>4d}/{len(base['episodes']):<4d} "
+              f"{base['wall_s'] / r['wall_s']:7.2f}x")
+    (work / "results.json").write_text(json.dumps(rows, indent=2))
+    print(f"speedup: {base['wall_s'] / rows[-1]['wall_s']:.2f}x ({args.workers} workers over one process, tasks per hour; "
+          "s/episode is each episode's own time, which sharing the machine lengthens)")
     return 0
 
 

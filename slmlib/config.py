@@ -87,6 +87,7 @@ class EvalConfig:
     max_steps: int = 10                    # actions per episode, the paper's budget
     max_new_tokens: int = 256              # per step
     batch_size: int = 8
+    workers: int = 1                       # processes rolling episodes out, the cores shared among them (slmlib.eval_workers)
     key_guard: bool = True                 # end an Action Input at its first repeated key (slmlib.rollout)
     decoding: Decoding = "free"            # "grammar": every step under its task's grammar (slmlib.grammar)
     decodings: list[Decoding] = field(default_factory=list)  # every model also evaluated with these; [] = decoding alone
@@ -192,6 +193,8 @@ def load(path: str | Path) -> Profile:
     if profile.eval.decodings and profile.eval.decoding not in profile.eval.decodings:
         raise ConfigError(f"{path}: 'eval.decodings' {profile.eval.decodings} must include 'eval.decoding' "
                           f"({profile.eval.decoding!r}), the decoding the run's results are reported with")
+    if profile.eval.workers < 1:
+        raise ConfigError(f"{path}: 'eval.workers' must be at least 1, got {profile.eval.workers}")
     root = Path(profile.data.root)
     if not root.is_absolute():  # relative to the repository, wherever the caller runs; a symlinked ../shared
         root = Path(os.path.normpath(REPO / root))  # stays where it is linked, so exports can name it relatively

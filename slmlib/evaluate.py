@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from slmlib import agents, encode, envs, floors, judge, memory, models, rollout
+from slmlib import encode, envs, eval_workers, floors, judge, models, rollout
 from slmlib import toolbench_format as tbf
 from slmlib.config import SearchConfig
 from slmlib.run import atomic_write_json, atomic_write_text, read_json
@@ -187,7 +187,7 @@ def evaluate(model: str, tasks_file: str | Path, out_dir: str | Path, *, adapter
              limit: int = -1, judge_name: str = "offline", batch_size: int = 8, temperature: float = 0.0,
              max_new_tokens: int = 256, seed: int = 0, dtype: str = "float32", judge_model: str | None = None,
              key_guard: bool = True, decoding: str = "free", agent: str = "react",
-             search: SearchConfig = SearchConfig()) -> dict[str, Any]:
+             search: SearchConfig = SearchConfig(), workers: int = 1) -> dict[str, Any]:
     tasks = read_jsonl(tasks_file)  # a malformed file stops here, before any model loads
     if limit >= 0:
         tasks = tasks[:limit]
@@ -209,19 +209,16 @@ def evaluate(model: str, tasks_file: str | Path, out_dir: str | Path, *, adapter
     by_id = {t["id"]: t for t in tasks}
     todo = [t for t in tasks if t["id"] not in skip]
     peak: dict[str, Any] = {}
-    environment = envs.make(env, url)
     if todo:  # a rerun with every episode stored only judges them again: no model to load
-        fresh_peak = memory.reset_peak()
-        mdl, tok = load_model(model, adapter, dtype)
-        dec.max_context = context_window(mdl)
-        policy = rollout.model_policy(mdl, tok, dec)
-        for record in agents.run(agent, policy, todo, environment, dec, batch_size,
-                                 rollout.reuses_prefix(mdl, dec, batch_size), search):
+        spec = eval_workers.Rollout(model, adapter, dtype, dec, agent, search, env, url, batch_size)
+        workers = min(workers, len(todo))
+        for record in spec.play(todo, peak) if workers == 1 else eval_workers.play(spec, todo, workers, peak):
             task = by_id[record["id"]]
             record["declared_tools"] = [t["name"] for t in task["tools"]]
             record["verdict"] = judge.judge(task, record)
             append_line(preds, record)
-        peak = memory.peak(fresh_peak)
+        if workers > 1:
+            peak["workers"] = workers
     records = rejudge(preds, by_id)
     if judge_name == "tooleval":
         from slmlib import tooleval
@@ -233,7 +230,7 @@ def evaluate(model: str, tasks_file: str | Path, out_dir: str | Path, *, adapter
         from slmlib.envs import cfb
         metrics |= cfb.metrics([cfb.verdict(by_id[r["id"]], r) for r in records if by_id[r["id"]].get("source") == "complexfuncbench"])
     if judge_name == "offline" and env != "http":  # offline, the floors cost a second; a live server is not ours to load
-        metrics["floors"] = floors.floors(tasks, environment, max_steps)
+        metrics["floors"] = floors.floors(tasks, envs.make(env, url), max_steps)
     atomic_write_json(out / "metrics.json", metrics)
     return metrics
 
@@ -277,4 +274,4 @@ def profile_settings(profile, decoding: str | None = None) -> dict[str, Any]:
     e = profile.eval
     return dict(max_steps=e.max_steps, batch_size=e.batch_size, temperature=e.temperature, max_new_tokens=e.max_new_tokens,
                 seed=profile.seed, key_guard=e.key_guard, decoding=decoding or e.decoding, agent=e.agent, search=e.search,
-                env=e.env)
+                env=e.env, workers=e.workers)

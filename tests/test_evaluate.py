@@ -10,6 +10,7 @@ import pytest
 from slmlib import envs, judge, rollout, schema, tooleval
 from slmlib.errors import ErrorLabel
 from slmlib.evaluate import SettingsChanged, evaluate, step_metrics
+from slmlib.models import ModelNotFound
 
 WEATHER = {"name": "get_weather", "description": "Weather now.", "parameters": {
     "type": "object", "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["C", "F"]}},
@@ -299,9 +300,40 @@ def test_evaluate_real_tiny_model_resumes_and_classifies(tmp_path, data_root):
     assert 0 <= metrics["pass_rate"] <= 1 and set(metrics["groups"]) <= {"single_domain", "cross_domain"}
 
 
+def test_workers_roll_out_the_same_episodes_and_resume(tmp_path, data_root):
+    from slmlib.data import complexfuncbench
+    schema.write_jsonl(tmp_path / "tasks.jsonl", list(complexfuncbench.tasks("test"))[:5])
+    settings = dict(max_steps=2, max_new_tokens=16, batch_size=1)
+    one = evaluate("tiny-opt", tmp_path / "tasks.jsonl", tmp_path / "one", **settings)
+    evaluate("tiny-opt", tmp_path / "tasks.jsonl", tmp_path / "two", limit=1, workers=2, **settings)  # 1 task: 1 worker
+    two = evaluate("tiny-opt", tmp_path / "tasks.jsonl", tmp_path / "two", workers=2, **settings)  # resumes after it
+    def episodes(folder):
+        return {r["id"]: [s["raw"] for s in r["steps"]] for r in map(json.loads, (tmp_path / folder / "predictions.jsonl").open())}
+    assert episodes("two") == episodes("one") and len(episodes("one")) == 5
+    assert two["workers"] == 2 and two["peak_rss_is_process_peak"] is False and 0.05 < two["peak_rss_gb"] < 16
+    judged = ("n_tasks", "pass_rate", "error_labels", "format_valid_rate", "call_match_rate", "avg_steps", "floors")
+    assert [two[k] for k in judged] == [one[k] for k in judged] and "workers" not in one
+    # a worker's error is raised as itself (a user's mistake stays one), its traceback the cause; what was written stays
+    kept = (tmp_path / "two" / "predictions.jsonl").read_text()
+    schema.write_jsonl(tmp_path / "more.jsonl", list(complexfuncbench.tasks("test"))[5:8])
+    with pytest.raises(ModelNotFound, match="no-such-model") as raised:
+        evaluate("no-such-model", tmp_path / "more.jsonl", tmp_path / "two", workers=2, **settings)
+    assert "Traceback" in str(raised.value.__cause__) and "load_model" in str(raised.value.__cause__)
+    assert (tmp_path / "two" / "predictions.jsonl").read_text() == kept
+
+
 def slmlib_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "slmlib", *args], capture_output=True, text=True,
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+def test_bench_workers_compares_one_process_with_workers(tmp_path):
+    run = slmlib_cli("bench", "workers", "--model", "tiny-opt", "--n-tasks", "3", "--max-steps", "2", "--max-new-tokens", "8",
+                     "--decoding", "free", "--work", str(tmp_path))
+    assert run.returncode == 0, run.stderr
+    rows = [line.split() for line in run.stdout.splitlines() if line.strip()[:1].isdigit()]
+    assert [r[0] for r in rows] == ["1", "2"] and all(r[6] == "3/3" for r in rows)  # the same greedy episodes
+    assert "CPU " in run.stdout and run.stdout.splitlines()[-1].startswith("speedup: ")
 
 
 def test_a_users_mistake_is_one_line_and_status_2(tmp_path):

@@ -42,6 +42,9 @@ def test_wrong_type_names_key_and_file(tmp_path):
     p.write_text("model:\n  dtype: float8\n")
     with pytest.raises(config.ConfigError, match="must be one of"):
         config.load(p)
+    p.write_text("eval:\n  workers: 0\n")
+    with pytest.raises(config.ConfigError, match=r"bad\.yaml: 'eval\.workers' must be at least 1, got 0"):
+        config.load(p)
 
 
 def test_per_source_training_limits_are_checked(tmp_path):
