@@ -87,7 +87,10 @@ def play(spec: Rollout, tasks: list[dict], workers: int, peak: dict[str, Any]) -
             p.start()
     finally:
         for k, v in saved.items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     peaks: list[dict[str, Any]] = []
     try:
         while len(peaks) < workers:
