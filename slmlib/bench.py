@@ -366,7 +366,7 @@ def main_workers(args) -> int:
         m = evaluate(args.model, tasks_file, out, batch_size=1, max_steps=args.max_steps, max_new_tokens=args.max_new_tokens,
                      decoding=args.decoding, workers=n)
         wall = time.perf_counter() - t0
-        episodes = {r["id"]: [s["raw"] for s in r["steps"]] for r in map(json.loads, (out / "predictions.jsonl").open())}
+        episodes = {r["id"]: [s["raw"] for s in r["steps"]] for r in map(json.loads, (out / "predictions.jsonl").read_text().splitlines())}
         rows.append({"workers": n, "threads": threads_each(n), "wall_s": wall, "tasks": m["n_tasks"],
                      "seconds_per_task": m["seconds_per_task"], "peak_rss_gb": m["peak_rss_gb"], "episodes": episodes})
     base = rows[0]
