@@ -129,8 +129,11 @@ def _run(args) -> int:
     from slmlib import pipeline
     if args.rerun_from and not args.resume:
         raise UsageError("--from re-executes part of a run: name it with --resume RUN_ID")
+    if args.trained_from and args.resume:
+        raise UsageError("--trained-from starts a run; a resumed one keeps the training it began with")
     run_dir = pipeline.run_profile(args.params, run_id=args.resume or args.run_id, overwrite=args.overwrite,
-                                   output_root=args.output_root, resume=bool(args.resume), rerun_from=args.rerun_from)
+                                   output_root=args.output_root, resume=bool(args.resume), rerun_from=args.rerun_from,
+                                   trained_from=args.trained_from)
     print(run_dir)
     return 0
 
@@ -197,6 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--from", dest="rerun_from", metavar="NOTEBOOK",
                      help="with --resume: re-execute from this notebook on (e.g. 03_evaluation: judge the stored episodes again)")
     run.add_argument("--output-root", default="outputs")
+    run.add_argument("--trained-from", metavar="RUN_DIR",
+                     help="take this earlier run's finished training (same model, train and seed parameters, same "
+                          "training data) instead of training again")
     run.add_argument("--overwrite", action="store_true", help="replace a finished run of the same id")
     run.set_defaults(func=_run)
 

@@ -22,6 +22,37 @@ PAPER = pd.DataFrame({
 })
 
 
+# ComplexFuncBench's leaderboard (success % / call accuracy %, its own protocol, gpt-4o matching the calls exact
+# matching misses). Zero-shot models; ours trains on the benchmark's other 800 tasks and matches exactly (stricter).
+CFB_LEADERBOARD = pd.DataFrame([
+    ("Claude-3.5-Sonnet", 61.00, 79.27), ("GPT-4o", 60.50, 80.55), ("GLM-4-Long", 57.10, 76.35),
+    ("GPT-4-Turbo", 49.50, 71.38), ("Claude-3.5-Haiku", 45.80, 69.50), ("Qwen2.5-72B", 40.10, 58.32),
+    ("Mistral Large 2", 20.10, 48.78), ("GLM-4-9B", 9.40, 27.97), ("Qwen2.5-7B", 5.00, 18.19),
+    ("Llama-3.1-405B", 4.00, 11.87), ("Llama-3.1-70B", 2.70, 8.17), ("Llama-3.1-8B", 0.10, 1.34),
+], columns=["model", "success_pct", "call_accuracy_pct"])
+
+
+def cfb_leaderboard(evals: dict[str, dict[str, dict]]) -> pd.DataFrame:
+    """The evaluations under ComplexFuncBench's protocol (``env: cfb``; ``evals`` by label and task set, as
+    :func:`evaluations` reads them) among the published rows, by success rate; ``ours`` marks the run's, ``n``
+    the tasks (the published rows: all 1,000). Empty when none ran under the protocol."""
+    ours = [{"model": model, "success_pct": 100 * m["cfb_success_rate"], "call_accuracy_pct": 100 * m["cfb_call_accuracy"],
+             "n": m["n_tasks"], "ours": True}
+            for model, sets in evals.items() for m in [sets.get("complexfuncbench", {})] if "cfb_success_rate" in m]
+    if not ours:
+        return pd.DataFrame()
+    board = pd.concat([CFB_LEADERBOARD.assign(n=1000, ours=False), pd.DataFrame(ours)], ignore_index=True)
+    return board.sort_values("success_pct", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def evaluations(run_path: str | Path) -> dict[str, dict[str, dict]]:
+    """Every finished evaluation's ``metrics.json`` by model label and task set."""
+    evals: dict[str, dict[str, dict]] = {}
+    for model, task_set, d in eval_dirs(run_path):
+        evals.setdefault(model, {})[task_set] = json.loads((d / "metrics.json").read_text())
+    return evals
+
+
 def eval_dirs(run_path: str | Path) -> list[tuple[str, str, Path]]:
     """``(model label, task set, folder)`` of every finished evaluation in a run."""
     base = Path(run_path) / "eval"
@@ -35,7 +66,7 @@ def metrics_table(run_path: str | Path) -> pd.DataFrame:
         m = json.loads((d / "metrics.json").read_text())
         for group, g in [("overall", m), *m.get("groups", {}).items()]:
             lo, hi = g["pass_rate_ci95"]
-            rows.append({"model": model, "base_model": model.split("+")[0], "decoding": decoding_of(m),
+            rows.append({"model": model, "contender": contender(model, m), "decoding": decoding_of(m),
                          "task_set": task_set, "group": group, "n": g["n_tasks"],
                          "pass_rate": g["pass_rate"], "ci_low": lo, "ci_high": hi,
                          "format_valid_rate": g["format_valid_rate"], "hallucinated_tool_rate": g["hallucinated_tool_rate"],
@@ -48,6 +79,12 @@ def decoding_of(metrics: dict) -> str:
     return metrics.get("decoding") or ("names" if metrics.get("constrain_names") else "free")
 
 
+def contender(label: str, metrics: dict) -> str:
+    """An evaluation's label without its decoding: the model and how it played (``…-sft``, ``…-sft+dfsdt``), whose
+    free and grammar evaluations the format-versus-competence table sets side by side."""
+    return label.removesuffix(f"+{decoding_of(metrics)}")
+
+
 def format_versus_competence(table: pd.DataFrame) -> pd.DataFrame:
     """Each model decoded freely and under its task's grammar, on the same tasks: pass rate, format-valid steps
     and call match side by side. Grammar decoding makes every step well-formed, so what a model still fails
@@ -55,9 +92,10 @@ def format_versus_competence(table: pd.DataFrame) -> pd.DataFrame:
     overall = table[table["group"] == "overall"]
     if overall.empty:
         return pd.DataFrame()
-    out = overall.pivot_table(index=["task_set", "base_model"], columns="decoding",
+    out = overall.pivot_table(index=["task_set", "contender"], columns="decoding",
                               values=["pass_rate", "format_valid_rate", "call_match_rate"])
-    return out.reindex(columns=["pass_rate", "format_valid_rate", "call_match_rate"], level=0)
+    out = out.reindex(columns=["pass_rate", "format_valid_rate", "call_match_rate"], level=0)
+    return out[out.notna().all(axis=1)]  # a variant played one way only (DFSDT under the grammar) has no pair
 
 
 def floors_table(run_path: str | Path) -> pd.DataFrame:

@@ -82,6 +82,18 @@ class SearchConfig:
 
 
 @dataclass(frozen=True)
+class Variant:
+    """Another way the fine-tuned model (with ``baselines``, every model) plays the run's tasks: what is not
+    given is the profile's own. Its episodes go to ``eval/<model>+<what differs>/`` (``+dfsdt``, ``+cfb``)."""
+    agent: Literal["react", "dfsdt"] | None = None
+    env: Literal["auto", "cfb"] | None = None
+    decoding: Decoding | None = None
+    temperature: float | None = None       # ToolLLaMA samples DFSDT's children at 0.5: its one source of diversity
+    task_sets: list[str] = field(default_factory=list)  # only these test sets, e.g. [complexfuncbench]; [] = every one
+    baselines: bool = False                # the untuned baselines too
+
+
+@dataclass(frozen=True)
 class EvalConfig:
     temperature: float = 0.0               # 0 = greedy; the paper uses 0.1
     max_steps: int = 10                    # actions per episode, the paper's budget
@@ -98,10 +110,18 @@ class EvalConfig:
     curve_set: str = "complexfuncbench"    # the task set every training snapshot is evaluated on (train.snapshots)
     curve_episodes: int = 2                # snapshots also played as episodes, spread evenly, the final model included
     curve_limit: int = -1                  # the first this many tasks of curve_set (a seeded sample already); -1 = all
+    variants: list[Variant] = field(default_factory=list)  # the fine-tuned model also played these ways (after the decodings)
 
     def all_decodings(self) -> list[str]:
         """The decodings every model is evaluated with, the reported one first."""
         return [self.decoding, *[d for d in dict.fromkeys(self.decodings) if d != self.decoding]]
+
+    def variant_suffix(self, v: Variant) -> str:
+        """What a variant changes, as its evaluations' label ends: ``+dfsdt``, ``+cfb``, ``+dfsdt+t0.5``, ``+dfsdt+free``."""
+        changed = [(x, own) for x, own in ((v.agent, self.agent), (v.env, self.env)) if x is not None and x != own]
+        t = [(f"t{v.temperature:g}", None)] if v.temperature is not None and v.temperature != self.temperature else []
+        d = [(v.decoding, None)] if v.decoding is not None and v.decoding != self.decoding else []
+        return "".join(f"+{x}" for x, _ in changed + t + d)
 
 
 @dataclass(frozen=True)
@@ -193,6 +213,13 @@ def load(path: str | Path) -> Profile:
     if profile.eval.decodings and profile.eval.decoding not in profile.eval.decodings:
         raise ConfigError(f"{path}: 'eval.decodings' {profile.eval.decodings} must include 'eval.decoding' "
                           f"({profile.eval.decoding!r}), the decoding the run's results are reported with")
+    taken = {f"+{d}" for d in profile.eval.all_decodings()[1:]}
+    for i, v in enumerate(profile.eval.variants):
+        suffix = profile.eval.variant_suffix(v)
+        if not suffix or suffix in taken:
+            raise ConfigError(f"{path}: 'eval.variants[{i}]' {'changes nothing' if not suffix else f'repeats {suffix!r}'}: "
+                              "a variant names an agent, env, temperature or decoding the evaluations before it do not use")
+        taken.add(suffix)
     if profile.eval.workers < 1:
         raise ConfigError(f"{path}: 'eval.workers' must be at least 1, got {profile.eval.workers}")
     root = Path(profile.data.root)

@@ -16,7 +16,7 @@ from typing import Any
 
 from slmlib import encode, envs, eval_workers, floors, judge, models, rollout
 from slmlib import toolbench_format as tbf
-from slmlib.config import SearchConfig
+from slmlib.config import ConfigError, SearchConfig
 from slmlib.run import atomic_write_json, atomic_write_text, read_json
 from slmlib.schema import FINISH, assistant_call, read_jsonl
 from slmlib.values import same_value
@@ -237,26 +237,40 @@ def evaluate(model: str, tasks_file: str | Path, out_dir: str | Path, *, adapter
 
 def evaluate_run(profile, run_path: str | Path) -> dict[str, dict[str, dict]]:
     """The fine-tuned model of a run and the profile's baselines on every test set the run prepared,
-    with every decoding the profile asks for.
+    with every decoding the profile asks for, then the fine-tuned model in each of ``eval.variants``.
 
-    Writes ``<run>/eval/<model label>/<task set>/`` for the profile's ``eval.decoding`` and
-    ``<run>/eval/<model label>+<decoding>/<task set>/`` for each other one; returns their metrics by
+    Writes ``<run>/eval/<model label>/<task set>/`` for the profile's own settings,
+    ``<run>/eval/<model label>+<decoding>/<task set>/`` for each other decoding and
+    ``<run>/eval/<model label><variant suffix>/<task set>/`` for each variant; returns their metrics by
     label and task set.
     """
     run = Path(run_path)
+    task_files = {f.stem.removeprefix("test_"): f for f in sorted(run.glob("data/test_*.jsonl"))}
+    results: dict[str, dict[str, dict]] = {}
+    for label, model, adapter, overrides, task_sets in plays(profile, run, sorted(task_files)):
+        for task_set in task_sets:
+            results.setdefault(label, {})[task_set] = evaluate(
+                model, task_files[task_set], run / "eval" / label / task_set, adapter=adapter,
+                **profile_settings(profile, **overrides))
+    return results
+
+
+def plays(profile, run: Path, task_sets: list[str]) -> list[tuple[str, str, str | None, dict[str, Any], list[str]]]:
+    """What :func:`evaluate_run` evaluates, in order: ``(label, model, adapter, settings that differ, task sets)``."""
+    e = profile.eval
     trained = run / "train" / "model"
     contenders = [(trained_label(profile), *model_and_adapter(profile, trained))] if trained.is_dir() else []
-    contenders += [(name, name, None) for name in profile.eval.baselines]
-    results: dict[str, dict[str, dict]] = {}
-    for decoding in profile.eval.all_decodings():
-        for label, model, adapter in contenders:
-            label += "" if decoding == profile.eval.decoding else f"+{decoding}"
-            for task_file in sorted(run.glob("data/test_*.jsonl")):
-                task_set = task_file.stem.removeprefix("test_")
-                results.setdefault(label, {})[task_set] = evaluate(
-                    model, task_file, run / "eval" / label / task_set, adapter=adapter,
-                    **profile_settings(profile, decoding))
-    return results
+    baselines = [(name, name, None) for name in e.baselines]
+    out = [(label + ("" if d == e.decoding else f"+{d}"), model, adapter, {"decoding": d}, task_sets)
+           for d in e.all_decodings() for label, model, adapter in contenders + baselines]
+    for i, v in enumerate(e.variants):
+        unknown = sorted(set(v.task_sets) - set(task_sets))
+        if unknown:
+            raise ConfigError(f"eval.variants[{i}].task_sets names {unknown[0]!r}; this run's test sets: {', '.join(task_sets)}")
+        overrides = {k: getattr(v, k) for k in ("agent", "env", "temperature", "decoding") if getattr(v, k) is not None}
+        out += [(label + e.variant_suffix(v), model, adapter, overrides, v.task_sets or task_sets)
+                for label, model, adapter in contenders + (baselines if v.baselines else [])]
+    return out
 
 
 def trained_label(profile) -> str:
@@ -269,9 +283,10 @@ def model_and_adapter(profile, folder: str | Path) -> tuple[str, str | None]:
     return (profile.model.name, str(folder)) if (Path(folder) / "adapter_config.json").is_file() else (str(folder), None)
 
 
-def profile_settings(profile, decoding: str | None = None) -> dict[str, Any]:
-    """:func:`evaluate`'s settings as the profile's ``eval`` section gives them (``decoding`` overrides its own)."""
+def profile_settings(profile, **overrides: Any) -> dict[str, Any]:
+    """:func:`evaluate`'s settings as the profile's ``eval`` section gives them, those in ``overrides`` (a variant's
+    ``agent``, ``env``, ``temperature`` or ``decoding``) replaced."""
     e = profile.eval
     return dict(max_steps=e.max_steps, batch_size=e.batch_size, temperature=e.temperature, max_new_tokens=e.max_new_tokens,
-                seed=profile.seed, key_guard=e.key_guard, decoding=decoding or e.decoding, agent=e.agent, search=e.search,
-                env=e.env, workers=e.workers)
+                seed=profile.seed, key_guard=e.key_guard, decoding=e.decoding, agent=e.agent, search=e.search,
+                env=e.env, workers=e.workers) | overrides

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import nbformat
 
-from slmlib import config, data
+from slmlib import adopt, config, data
 from slmlib.config import REPO
 from slmlib.run import CannotResume, RunDir, new_run_id
 
@@ -55,14 +55,16 @@ def executed(path: Path) -> bool:
 
 def run_profile(params: str | Path, run_id: str | None = None, overwrite: bool = False,
                 output_root: str | Path = REPO / "outputs", resume: bool = False,
-                rerun_from: str | None = None) -> Path:
+                rerun_from: str | None = None, trained_from: str | Path | None = None) -> Path:
     """Execute a profile's notebooks into ``<output_root>/<run_id>``; ``resume`` continues that unfinished run,
-    ``rerun_from`` re-executes that run from the named notebook on."""
+    ``rerun_from`` re-executes that run from the named notebook on; a new run with ``trained_from`` takes that
+    run's identical training instead of training (:mod:`slmlib.adopt`)."""
     import papermill as pm
 
     resume = resume or rerun_from is not None
-    if resume and (run_id is None or overwrite):
-        raise ValueError("resume continues one named run: give its run id, and no overwrite")
+    if resume and (run_id is None or overwrite or trained_from is not None):
+        raise ValueError("resume continues one named run with the training it began with: give its run id, "
+                         "and no overwrite or training to take")
     params = Path(params).resolve()
     profile = config.load(params)  # fails on typos before anything runs
     missing = data.check_sources(profile.data.required, profile.data.optional, profile.data.root)
@@ -85,9 +87,10 @@ def run_profile(params: str | Path, run_id: str | None = None, overwrite: bool =
         run.resume(profile.to_dict(), defaults=defaults)
     else:
         start = 0
+        adopted = {"trained_from": str(adopt.check(trained_from, profile.to_dict(), defaults))} if trained_from else {}
         run.start(profile.to_dict(), profile.seed, overwrite=overwrite,
                   extra={"profile_file": str(params), "notebooks": stems,
-                         "missing_optional_sources": missing})
+                         "missing_optional_sources": missing, **adopted})
     if start:
         log.info("kept %s: already ran to their end", ", ".join(stems[:start]))
     for nb in chain[start:]:  # every notebook after the first rerun reads its fresh outputs, so it reruns too

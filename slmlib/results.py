@@ -26,10 +26,14 @@ OVERALL_KEYS = ("n_tasks", "pass_rate", "pass_rate_ci95", "format_valid_rate", "
                 "hallucinated_tool_rate", "tool_name_accuracy", "call_match_rate", "avg_steps", "seconds_per_task",
                 "tokens_per_second", "peak_rss_gb", "peak_gpu_gb", "error_labels", "decoding", "grammar_fallback_tasks",
                 "floors", "model_calls_per_task", "new_tokens_per_task", "cfb_success_rate", "cfb_call_accuracy")
-# Targets on the fine-tuned model: (pass rate, points above each untuned baseline) per task set, the experiment's
-# on ComplexFuncBench, the workshop's on its held-out dialogues (None: no such target); steps on every set.
-SET_TARGETS = {"complexfuncbench": (0.50, 0.30), "heldout": (None, 0.20)}
-FORMAT_TARGET, UNKNOWN_TOOL_TARGET = 0.99, 0.01
+# The experiment's targets on the fine-tuned model: its success rate under ComplexFuncBench's own protocol beside
+# the published zero-shot GLM-4-9B (9.4%) and Qwen2.5-7B (5.0%), stretch Mistral Large 2 (20.1%); points above each
+# untuned baseline under the same decoding on StableToolBench (and the workshop's held-out dialogues); every judge
+# floor at most 5%; format-valid steps 100% under the grammar (99% decoded freely); unknown tools at most 1%.
+CFB_SUCCESS_TARGETS = ((0.10, "above GLM-4-9B 9.4% and Qwen2.5-7B 5.0%"), (0.201, "stretch: Mistral Large 2 20.1%"))
+GAP_TARGETS = {"stabletoolbench": 0.30, "heldout": 0.20}
+FLOOR_TARGET, UNKNOWN_TOOL_TARGET = 0.05, 0.01
+FORMAT_TARGETS = {"grammar": 1.0, "free": 0.99}
 PRIMARY_SET = "complexfuncbench"
 
 
@@ -44,18 +48,16 @@ def collect(run_path: str | Path) -> dict[str, Any]:
     if not manifest.get("finished_at"):
         raise ValueError(f"{run} is not a finished run (no finished_at in run_manifest.json): export a finished one")
     run_metrics = read_json(run / "metrics.json")
-    evals: dict[str, dict[str, Any]] = {}
-    for model, task_set, d in analysis.eval_dirs(run):
-        m = read_json(d / "metrics.json")
-        evals.setdefault(model, {})[task_set] = {
-            **{k: m[k] for k in OVERALL_KEYS if k in m},
-            "groups": {g: {k: v[k] for k in ("n_tasks", "pass_rate", "pass_rate_ci95", "format_valid_rate", "call_match_rate")}
-                       for g, v in m.get("groups", {}).items()}}
+    evals = {model: {task_set: {**{k: m[k] for k in OVERALL_KEYS if k in m},
+                                "groups": {g: {k: v[k] for k in ("n_tasks", "pass_rate", "pass_rate_ci95", "format_valid_rate",
+                                                                 "call_match_rate")} for g, v in m.get("groups", {}).items()}}
+                     for task_set, m in sets.items()}
+             for model, sets in analysis.evaluations(run).items()}
     started, finished = (dt.datetime.fromisoformat(manifest[k]) for k in ("started_at", "finished_at"))
     return {"run_id": manifest["run_id"], "git_sha": manifest.get("git_sha"), "device": manifest["device"],
             "git_dirty": manifest.get("git_dirty"), "packages": manifest["packages"], "profile_file": manifest.get("profile_file"),
             "params": manifest["params"], "wall_seconds": (finished - started).total_seconds(),
-            "resumes": manifest.get("resumes", []),
+            "resumes": manifest.get("resumes", []), "trained_from": manifest.get("trained_from"),
             "notebook_seconds": {s: notebook_seconds(run / f"{s}.ipynb") for s in manifest.get("notebooks", [])
                                  if (run / f"{s}.ipynb").is_file()},
             "data": run_metrics.get("data"), "train": run_metrics.get("train"), "eval": evals}
@@ -68,24 +70,44 @@ def finetuned_label(summary: dict) -> str | None:
 def targets(summary: dict) -> list[dict[str, Any]]:
     """The experiment's targets, each with the measured value and whether it is met (None: not measured)."""
     label = finetuned_label(summary)
-    ours = summary["eval"].get(label, {}) if label else {}
+    evals = summary["eval"]
+    ours = {k: v for k, v in evals.items() if label and (k == label or k.startswith(f"{label}+"))}
+    main = ours.get(label, {})
     rows = []
-    for task_set in [s for s in SET_TARGETS if s in ours] or [PRIMARY_SET]:  # the experiment's, not measured
-        pass_target, gap_target = SET_TARGETS[task_set]
-        m = ours.get(task_set)
-        if pass_target is not None:
-            rows.append({"target": f"fine-tuned pass rate on {task_set} >= {pass_target:.0%}",
-                         "value": m["pass_rate"] if m else None, "met": m["pass_rate"] >= pass_target if m else None})
+
+    def row(target: str, value: float | None, met: bool | None) -> None:
+        rows.append({"target": target, "value": value, "met": met})
+
+    if PRIMARY_SET in main or not main:  # a run without ComplexFuncBench (the workshop's) has no such target
+        protocol = next((sets[PRIMARY_SET]["cfb_success_rate"] for sets in ours.values()
+                         if "cfb_success_rate" in sets.get(PRIMARY_SET, {})), None)
+        for goal, why in CFB_SUCCESS_TARGETS:
+            row(f"fine-tuned success rate, ComplexFuncBench's protocol >= {100 * goal:.1f}% ({why})", protocol,
+                None if protocol is None else protocol >= goal)
+    for task_set, gap_target in GAP_TARGETS.items():
+        if task_set not in main:
+            continue
         for baseline in summary["params"]["eval"]["baselines"]:
-            base = summary["eval"].get(baseline, {}).get(task_set)
-            gap = m["pass_rate"] - base["pass_rate"] if m and base else None
-            rows.append({"target": f"{gap_target * 100:.0f} points above untuned {baseline} on {task_set}",
-                         "value": gap, "met": gap >= gap_target if gap is not None else None})
-    for task_set, m in sorted(ours.items()):
-        rows.append({"target": f"format-valid steps >= {FORMAT_TARGET:.0%} ({task_set})",
-                     "value": m["format_valid_rate"], "met": m["format_valid_rate"] >= FORMAT_TARGET})
-        rows.append({"target": f"unknown-tool calls <= {UNKNOWN_TOOL_TARGET:.0%} ({task_set})",
-                     "value": m["hallucinated_tool_rate"], "met": m["hallucinated_tool_rate"] <= UNKNOWN_TOOL_TARGET})
+            base = evals.get(baseline, {}).get(task_set)
+            gap = main[task_set]["pass_rate"] - base["pass_rate"] if base else None
+            row(f"{gap_target * 100:.0f} points above untuned {baseline} on {task_set}", gap,
+                None if gap is None else gap >= gap_target)
+    floors: dict[str, float] = {}
+    for sets in evals.values():
+        for task_set, m in sets.items():
+            if m.get("floors"):
+                floors.setdefault(task_set, max(f["pass_rate"] for f in m["floors"].values()))
+    for task_set, worst in sorted(floors.items()):
+        row(f"every judge floor <= {FLOOR_TARGET:.0%} ({task_set})", worst, worst <= FLOOR_TARGET)
+    for name, sets in ours.items():
+        for task_set, m in sorted(sets.items()):
+            goal = FORMAT_TARGETS.get(m.get("decoding", "free"))
+            if goal is not None:
+                row(f"format-valid steps {'= 100%' if goal == 1 else f'>= {goal:.0%}'} ({name}, {task_set})", m["format_valid_rate"],
+                    m["format_valid_rate"] >= goal)
+    for task_set, m in sorted(main.items()):
+        row(f"unknown-tool calls <= {UNKNOWN_TOOL_TARGET:.0%} ({task_set})", m["hallucinated_tool_rate"],
+            m["hallucinated_tool_rate"] <= UNKNOWN_TOOL_TARGET)
     return rows
 
 
@@ -110,7 +132,7 @@ def decoding_lines(evals: dict[str, dict[str, dict]]) -> list[str]:
     by_model: dict[tuple[str, str], dict[str, dict]] = {}
     for label, sets in evals.items():
         for task_set, m in sets.items():
-            by_model.setdefault((task_set, label.split("+")[0]), {})[analysis.decoding_of(m)] = m
+            by_model.setdefault((task_set, analysis.contender(label, m)), {})[analysis.decoding_of(m)] = m
     both = {k: v for k, v in sorted(by_model.items()) if {"free", "grammar"} <= set(v)}
     if not both:
         return []
@@ -142,6 +164,21 @@ def floor_lines(evals: dict[str, dict[str, dict]]) -> list[str]:
         for name, f in floors.items():
             lo, hi = f["pass_rate_ci95"]
             lines.append(f"| {task_set} | {name} | {f['n_tasks']} | {_pct(f['pass_rate'])} [{_pct(lo)}, {_pct(hi)}] |")
+    return lines
+
+
+def leaderboard_lines(summary: dict) -> list[str]:
+    """The run's evaluations under ComplexFuncBench's protocol among its published leaderboard."""
+    board = analysis.cfb_leaderboard(summary["eval"])
+    if board.empty:
+        return []
+    lines = ["", "## ComplexFuncBench's protocol beside its leaderboard", "",
+             "Published rows: zero-shot, all 1,000 tasks, calls matched by rule, exact values and gpt-4o. This run's "
+             "(bold): the test split only, after training on the benchmark's other 800 tasks (so not zero-shot), calls "
+             "matched by rule and exact values only (stricter: no LLM accepts an alias or an omitted default).", "",
+             "| model | success | call accuracy | tasks |", "|---|---|---|---|"]
+    for r in board.itertuples():
+        lines.append(f"| {f'**{r.model}**' if r.ours else r.model} | {r.success_pct:.1f}% | {r.call_accuracy_pct:.1f}% | {r.n:,} |")
     return lines
 
 
@@ -177,7 +214,9 @@ def markdown(summary: dict, command: str) -> str:
         lines += [f"Training: {train['n_rows']} trajectories, {train['supervised_tokens']:,} supervised tokens, "
                   f"{train['steps']} optimizer steps in {train['train_seconds'] / 60:.1f} min on {train['device']} "
                   f"({train['supervised_tokens_per_s']:.0f} supervised tokens/s), final loss {train['final_loss']:.3f}, "
-                  f"peak RSS {_num(train.get('peak_rss_gb'), '{:.1f}')} GB.", ""]
+                  f"peak RSS {_num(train.get('peak_rss_gb'), '{:.1f}')} GB"
+                  + (f"; the identical training of `{summary['trained_from']}`, taken with `TRAINED=` (the command above "
+                     "trains the same again)." if summary.get("trained_from") else "."), ""]
     episodes = [m for sets in summary["eval"].values() for m in sets.values()]
     if episodes:  # each episode's own time: the evaluation's compute, whatever interrupted it
         lines += [f"Evaluation: {sum(m['n_tasks'] for m in episodes):,} episodes, "
@@ -195,6 +234,7 @@ def markdown(summary: dict, command: str) -> str:
                          f"{_pct(m['format_valid_rate'])} | {_pct(m.get('guarded_step_rate'))} | "
                          f"{_pct(m['hallucinated_tool_rate'])} | {_pct(m['call_match_rate'])} | "
                          f"{_num(calls, '{:.1f}')} | {tokens:.0f} | {m['seconds_per_task']:.1f} | {_num(m.get('peak_rss_gb'))} |")
+    lines += leaderboard_lines(summary)
     lines += decoding_lines(summary["eval"])
     lines += floor_lines(summary["eval"])
     lines += ["", "## Pass rate per group", "", "| model | task set | group | n | pass rate [95% CI] | call match |",

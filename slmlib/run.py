@@ -135,8 +135,7 @@ class RunDir:
         if manifest.get("finished_at") is not None and not rerun:
             raise CannotResume(f"{self.path} finished at {manifest['finished_at']}; nothing to resume "
                                "(name a notebook to re-execute from to rerun part of it)")
-        as_stored = json.loads(json.dumps(params, default=str))  # the manifest holds JSON: tuples came back as lists
-        changed = sorted(_diff(_with_defaults(manifest.get("params", {}), defaults or {}), as_stored))
+        changed = param_changes(manifest.get("params", {}), params, defaults or {})
         if changed:
             raise CannotResume(f"{self.path} was started with other parameters ({', '.join(changed)}); "
                                "resume it with the profile it started with")
@@ -162,6 +161,13 @@ class RunDir:
         metrics[key] = value
         atomic_write_json(self.metrics_path, metrics)
         return value
+
+
+def param_changes(stored: dict[str, Any], params: dict[str, Any], defaults: dict[str, Any]) -> list[str]:
+    """Dotted keys where parameters a manifest stored differ from ``params``; a key only ``defaults`` has
+    (an option added since) counts at its default."""
+    as_stored = json.loads(json.dumps(params, default=str))  # the manifest holds JSON: tuples came back as lists
+    return sorted(_diff(_with_defaults(stored, defaults), as_stored))
 
 
 def _with_defaults(stored: Any, defaults: Any) -> Any:

@@ -193,11 +193,12 @@ tokenizer = AutoTokenizer.from_pretrained(PATH)
 
 
 def train(profile: Profile, train_file: str | Path, out_dir: str | Path, overwrite: bool = False,
-          reuse: bool = False) -> dict:
+          reuse: bool = False, adopt_from: str | Path | None = None) -> dict:
     """Fine-tune per ``profile.train`` on a task file; returns the summary also written to ``train_summary.json``.
 
     A finished training in ``out_dir`` is an error, unless ``reuse`` (a resumed pipeline run, whose
-    parameters were checked against its manifest) returns its summary as it is.
+    parameters were checked against its manifest) returns its summary as it is. ``adopt_from`` takes an
+    earlier run's identical training instead of training (:mod:`slmlib.adopt`).
     """
     from datasets import Dataset
     from trl import SFTTrainer
@@ -209,6 +210,9 @@ def train(profile: Profile, train_file: str | Path, out_dir: str | Path, overwri
             log.info("%s already trained; reusing it", out)
             return read_json(summary_path)
         raise RunExists(f"{out} holds a finished training run; pass overwrite to train again")
+    if adopt_from is not None:
+        from slmlib import adopt
+        return adopt.adopt(adopt_from, train_file, out)
     cfg = profile.train
     set_seed(profile.seed)
     model, tokenizer = models.load(profile.model.name, dtype="float32")

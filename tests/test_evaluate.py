@@ -9,7 +9,8 @@ import pytest
 
 from slmlib import envs, judge, rollout, schema, tooleval
 from slmlib.errors import ErrorLabel
-from slmlib.evaluate import SettingsChanged, evaluate, step_metrics
+from slmlib.evaluate import SettingsChanged, evaluate, profile_settings, step_metrics
+from slmlib.evaluate import plays as plays_of
 from slmlib.models import ModelNotFound
 
 WEATHER = {"name": "get_weather", "description": "Weather now.", "parameters": {
@@ -336,6 +337,28 @@ def test_bench_workers_compares_one_process_with_workers(tmp_path):
     assert "CPU " in run.stdout and run.stdout.splitlines()[-1].startswith("speedup: ")
 
 
+def test_a_run_plays_every_decoding_then_each_variant(tmp_path):
+    from slmlib import config
+    p = tmp_path / "p.yaml"
+    p.write_text("model: {name: tiny-opt}\neval:\n  decoding: grammar\n  decodings: [grammar, free]\n  baselines: [b]\n"
+                 "  variants:\n    - {agent: dfsdt, temperature: 0.5}\n"
+                 "    - {env: cfb, task_sets: [complexfuncbench], baselines: true}\n")
+    profile = config.load(p)
+    (tmp_path / "train" / "model").mkdir(parents=True)
+    both = ["complexfuncbench", "stabletoolbench"]
+    plays = [(label, model, overrides, sets) for label, model, _, overrides, sets in plays_of(profile, tmp_path, both)]
+    trained = str(tmp_path / "train" / "model")
+    assert plays == [("tiny-opt-sft", trained, {"decoding": "grammar"}, both), ("b", "b", {"decoding": "grammar"}, both),
+                     ("tiny-opt-sft+free", trained, {"decoding": "free"}, both), ("b+free", "b", {"decoding": "free"}, both),
+                     ("tiny-opt-sft+dfsdt+t0.5", trained, {"agent": "dfsdt", "temperature": 0.5}, both),
+                     ("tiny-opt-sft+cfb", trained, {"env": "cfb"}, ["complexfuncbench"]),
+                     ("b+cfb", "b", {"env": "cfb"}, ["complexfuncbench"])]
+    settings = profile_settings(profile, agent="dfsdt", temperature=0.5)
+    assert (settings["agent"], settings["temperature"], settings["decoding"], settings["env"]) == ("dfsdt", 0.5, "grammar", "auto")
+    with pytest.raises(config.ConfigError, match=r"eval\.variants\[1\]\.task_sets names 'complexfuncbench'"):
+        plays_of(profile, tmp_path, ["stabletoolbench"])
+
+
 def test_a_users_mistake_is_one_line_and_status_2(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "x", "group": "g", "tools": [], "messages": []}\n')
@@ -350,6 +373,8 @@ def test_a_users_mistake_is_one_line_and_status_2(tmp_path):
         ("evaluate", "--model", "tiny-opt", "--tasks", str(good), "--out", out, "--batch-size", "0"): "--batch-size: must be at least 1",
         ("run", "--params", str(tmp_path / "nope.yaml")): "nope.yaml",
         ("run", "--from", "03_evaluation"): "--from re-executes part of a run",
+        ("run", "--resume", "r", "--trained-from", "outputs/x"): "a resumed one keeps the training it began with",
+        ("run", "--params", "params/smoke.yaml", "--trained-from", str(tmp_path / "nope")): "no run to take a training from",
         ("bundle", "--out", str(tmp_path)): "is not empty: give a new folder",
         ("bundle", "--out", str(tmp_path / "b"), "--python-version", "2.7"): "no wheels for Python 2.7",
     }

@@ -12,7 +12,7 @@ from slmlib.run import CannotResume, RunDir, RunExists, atomic_write_json, read_
 from conftest import REPO
 
 
-@pytest.mark.parametrize("name", ["smoke", "default", "cpu-full", "cpu-long", "paper", "workshop"])
+@pytest.mark.parametrize("name", ["smoke", "default", "cpu-full", "cpu-long", "cpu-compare", "paper", "workshop"])
 def test_profiles_load(name):
     profile = config.load(REPO / "params" / f"{name}.yaml")
     assert profile.name == name and profile.data.max_length <= 2048
@@ -25,6 +25,31 @@ def test_paper_profile_has_the_papers_recipe():
     assert t.precision == "fp16" and t.gradient_checkpointing
     paper_eval = config.load(REPO / "params" / "paper.yaml").eval
     assert paper_eval.temperature == 0.1 and paper_eval.all_decodings() == ["free"]  # the paper decodes freely
+
+
+def test_cpu_compare_trains_what_cpu_long_trains():
+    import dataclasses
+    long, compare = (config.load(REPO / "params" / f"{name}.yaml") for name in ("cpu-long", "cpu-compare"))
+    assert (compare.model, compare.train, compare.seed) == (long.model, long.train, long.seed)  # what TRAINED= checks
+    # and the data differ only in the test samples, each drawn by a generator of its own (the training file is the same)
+    fields = [f.name for f in dataclasses.fields(config.DataConfig)]
+    assert [f for f in fields if getattr(long.data, f) != getattr(compare.data, f)] == ["test_limit", "stabletoolbench_limit"]
+
+
+def test_variants_are_checked(tmp_path):
+    p = tmp_path / "v.yaml"
+    head = "eval:\n  decoding: grammar\n  decodings: [grammar, free]\n  variants:\n"
+    p.write_text(head + "    - {agent: dfsdt, temperature: 0.5}\n    - {env: cfb, task_sets: [complexfuncbench], baselines: true}\n")
+    e = config.load(p).eval
+    assert [e.variant_suffix(v) for v in e.variants] == ["+dfsdt+t0.5", "+cfb"] and e.variants[1].baselines
+    for variants, message in (("    - {agent: react}\n", r"'eval\.variants\[0\]' changes nothing"),
+                              ("    - {decoding: free}\n", r"'eval\.variants\[0\]' repeats '\+free'"),
+                              ("    - {env: cfb}\n    - {env: cfb, agent: react}\n", r"'eval\.variants\[1\]' repeats '\+cfb'"),
+                              ("    - {agent: bfs}\n", r"'eval\.variants\[0\]\.agent' must be one of"),
+                              ("    - {agent: dfsdt, width: 3}\n", r"unknown key 'eval\.variants\[0\]\.width'")):
+        p.write_text(head + variants)
+        with pytest.raises(config.ConfigError, match=message):
+            config.load(p)
 
 
 def test_unknown_key_names_key_and_file(tmp_path):

@@ -36,9 +36,14 @@ def test_training_evaluation_and_results_metrics(smoke_run):
     m = json.loads((smoke_run / "metrics.json").read_text())
     assert m["train"]["steps"] == 4 and m["train"]["final_loss"] > 0 and m["train"]["device"] == "cpu"
     assert (smoke_run / "train" / "model" / "README.md").is_file()
-    label = "tiny-opt-sft"  # the profile's decoding (grammar); the other one beside it
-    assert set(m["eval"]) == {label, f"{label}+free"}
+    label = "tiny-opt-sft"  # the profile's decoding (grammar); the other one beside it; the two variants
+    assert set(m["eval"]) == {label, f"{label}+free", f"{label}+dfsdt+t0.5", f"{label}+cfb"}
     assert set(m["eval"][label]) == set(m["eval"][f"{label}+free"]) == {"complexfuncbench", "stabletoolbench"}
+    assert set(m["eval"][f"{label}+dfsdt+t0.5"]) == set(m["eval"][f"{label}+cfb"]) == {"complexfuncbench"}
+    searched = read_json(smoke_run / "eval" / f"{label}+dfsdt+t0.5" / "complexfuncbench" / "settings.json")
+    assert (searched["agent"], searched["temperature"], searched["decoding"]) == ("dfsdt", 0.5, "grammar")
+    protocol = read_json(smoke_run / "eval" / f"{label}+cfb" / "complexfuncbench" / "metrics.json")
+    assert protocol["env"] == "cfb" and protocol["n_tasks"] == 8 and 0 <= protocol["cfb_success_rate"] <= 1
     cfb = m["eval"][label]["complexfuncbench"]
     assert cfb["n_tasks"] == 8 and 0 <= cfb["pass_rate"] <= cfb["pass_rate_ci95"][1] <= 1
     assert 0 <= cfb["format_valid_rate"] <= 1 and cfb["seconds_per_task"] > 0
@@ -47,11 +52,15 @@ def test_training_evaluation_and_results_metrics(smoke_run):
         assert read_json(eval_dir / "metrics.json")["decoding"] == read_json(eval_dir / "settings.json")["decoding"] == decoding
         assert sum(m["errors"].get(name, {}).values()) <= 32
     assert read_json(smoke_run / "eval" / label / "stabletoolbench" / "metrics.json")["grammar_fallback_tasks"] == 0
-    assert set(m["results"]) == {f"{name}/{s}" for name in (label, f"{label}+free") for s in ("complexfuncbench", "stabletoolbench")}
+    assert set(m["results"]) == {f"{name}/{s}" for name in (label, f"{label}+free") for s in ("complexfuncbench", "stabletoolbench")} | {
+        f"{label}+dfsdt+t0.5/complexfuncbench", f"{label}+cfb/complexfuncbench"}
     nb = nbformat.read(smoke_run / "05_results.ipynb", as_version=4)
     (table,) = [o["data"]["text/html"] for c in nb.cells if "format_versus_competence" in c.source for o in c.outputs
                 if "text/html" in o.get("data", {})]
-    assert "grammar" in table and "free" in table and "tiny-opt-sft" in table
+    assert "grammar" in table and "free" in table and "tiny-opt-sft" in table and "+dfsdt" not in table  # pairs only
+    (board,) = [o["data"]["text/html"] for c in nb.cells if "cfb_leaderboard" in c.source for o in c.outputs
+                if "text/html" in o.get("data", {})]
+    assert "GLM-4-9B" in board and f"{label}+cfb" in board
     floors = read_json(smoke_run / "eval" / label / "stabletoolbench" / "metrics.json")["floors"]
     assert {f["n_tasks"] for f in floors.values()} == {24} and all(f["pass_rate"] <= 0.05 for f in floors.values())
     (floor_table,) = [o["data"]["text/html"] for c in nb.cells if "floors_table" in c.source for o in c.outputs
@@ -114,11 +123,48 @@ def test_results_export_matches_the_run_and_is_not_overwritten(smoke_run, tmp_pa
     html_text = (out / "05_results.html").read_text()
     assert "data:image/png;base64" in html_text and "Pass rate by group" in html_text
     assert (out / "pass_rate_complexfuncbench.png").stat().st_size > 5_000
+    protocol = summary["eval"]["tiny-opt-sft+cfb"]["complexfuncbench"]
+    board = readme.split("## ComplexFuncBench's protocol beside its leaderboard")[1].split("\n## ")[0]
+    assert "| GLM-4-9B | 9.4% | 28.0% | 1,000 |" in board
+    assert f"| **tiny-opt-sft+cfb** | {100 * protocol['cfb_success_rate']:.1f}% | {100 * protocol['cfb_call_accuracy']:.1f}% | 8 |" in board
     met = {t["target"]: t["met"] for t in results.targets(summary)}
-    assert met["fine-tuned pass rate on complexfuncbench >= 50%"] == (cfb["pass_rate"] >= 0.5)
-    assert met["format-valid steps >= 99% (complexfuncbench)"] == (cfb["format_valid_rate"] >= 0.99)
+    assert met["fine-tuned success rate, ComplexFuncBench's protocol >= 10.0% (above GLM-4-9B 9.4% and Qwen2.5-7B 5.0%)"] == (
+        protocol["cfb_success_rate"] >= 0.10)
+    assert met["format-valid steps = 100% (tiny-opt-sft, complexfuncbench)"] == (cfb["format_valid_rate"] == 1)
+    assert met["every judge floor <= 5% (stabletoolbench)"] is True
     with pytest.raises(results.ResultsExist):
         results.export(smoke_run, out)
+
+
+@pytest.mark.notebooks
+def test_a_run_takes_an_identical_training_instead_of_training_again(smoke_run, tmp_path):
+    import yaml
+    from slmlib.adopt import CannotAdopt
+    spec = yaml.safe_load((REPO / "params" / "smoke.yaml").read_text())
+    spec |= {"notebooks": ["01_data_exploration", "02_fine_tuning"], "data": {**spec["data"], "test_limit": 2}}
+    profile = tmp_path / "more-tests.yaml"  # other test tasks after the same training, as cpu-compare after cpu-long
+    profile.write_text(yaml.safe_dump(spec))
+    source = smoke_run / "train"
+    before = {p: p.read_bytes() for p in source.rglob("*") if p.is_file()}
+    run = pipeline.run_profile(profile, run_id="taken", output_root=tmp_path, trained_from=smoke_run)
+    summary = read_json(run / "train" / "train_summary.json")
+    assert summary["adopted_from"] == str(smoke_run.resolve()) and summary["model_dir"] == str(run / "train" / "model")
+    assert read_json(run / "run_manifest.json")["trained_from"] == str(smoke_run.resolve())
+    assert read_json(run / "metrics.json")["train"]["steps"] == 4 and read_json(run / "metrics.json")["data"]["test_sets"]["complexfuncbench"] == 4
+    weights = next((source / "model").glob("*.safetensors"))
+    assert (run / "train" / "model" / weights.name).stat().st_ino == weights.stat().st_ino  # shared, not copied
+    assert (run / "train" / "snapshots" / "index.json").is_file() and not (run / "train" / "checkpoints").exists()
+    assert {p: p.read_bytes() for p in source.rglob("*") if p.is_file()} == before  # the earlier run as it was
+    spec["train"] = {**spec["train"], "max_steps": 5}  # another training: refused before anything runs
+    profile.write_text(yaml.safe_dump(spec))
+    with pytest.raises(CannotAdopt, match=r"trained with other parameters \(train\.max_steps\)"):
+        pipeline.run_profile(profile, run_id="other-training", output_root=tmp_path, trained_from=smoke_run)
+    assert not (tmp_path / "other-training").exists()
+    spec["train"]["max_steps"], spec["data"]["train_limit"] = 4, 7  # the same parameters on other data: refused in 02
+    profile.write_text(yaml.safe_dump(spec))
+    with pytest.raises(pipeline.NotebookFailed, match=r"02_fine_tuning.*CannotAdopt.*trained on other data"):
+        pipeline.run_profile(profile, run_id="other-data", output_root=tmp_path, trained_from=smoke_run)
+    assert not (tmp_path / "other-data" / "train").exists()
 
 
 def test_results_export_refuses_an_unfinished_run(tmp_path):
