@@ -79,4 +79,5 @@ def test_installed_from_a_bundle_without_network_the_smoke_profile_runs(tmp_path
     assert manifest["finished_at"] and manifest["params"]["name"] == "smoke"
     assert manifest["packages"]["torch"] == torch.__version__
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["train"]["steps"] == 4 and set(metrics["eval"]) == {"tiny-opt-sft", "tiny-opt-sft+free"}
+    assert metrics["train"]["steps"] == 4 and set(metrics["eval"]) == {  # both decodings, both variants (params/smoke.yaml)
+        "tiny-opt-sft", "tiny-opt-sft+free", "tiny-opt-sft+dfsdt+t0.5", "tiny-opt-sft+cfb"}
