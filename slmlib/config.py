@@ -92,6 +92,11 @@ class Variant:
     task_sets: list[str] = field(default_factory=list)  # only these test sets, e.g. [complexfuncbench]; [] = every one
     baselines: bool = False                # the untuned baselines too
 
+    def settings(self) -> dict[str, Any]:
+        """The evaluation settings it gives (``agent``, ``env``, ``decoding``, ``temperature``), in label order."""
+        given = {k: getattr(self, k) for k in ("agent", "env", "temperature", "decoding")}
+        return {k: x for k, x in given.items() if x is not None}
+
 
 @dataclass(frozen=True)
 class EvalConfig:
@@ -118,10 +123,8 @@ class EvalConfig:
 
     def variant_suffix(self, v: Variant) -> str:
         """What a variant changes, as its evaluations' label ends: ``+dfsdt``, ``+cfb``, ``+dfsdt+t0.5``, ``+dfsdt+free``."""
-        changed = [(x, own) for x, own in ((v.agent, self.agent), (v.env, self.env)) if x is not None and x != own]
-        t = [(f"t{v.temperature:g}", None)] if v.temperature is not None and v.temperature != self.temperature else []
-        d = [(v.decoding, None)] if v.decoding is not None and v.decoding != self.decoding else []
-        return "".join(f"+{x}" for x, _ in changed + t + d)
+        return "".join(f"+t{x:g}" if k == "temperature" else f"+{x}"
+                       for k, x in v.settings().items() if x != getattr(self, k))
 
 
 @dataclass(frozen=True)

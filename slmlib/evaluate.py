@@ -267,8 +267,7 @@ def plays(profile, run: Path, task_sets: list[str]) -> list[tuple[str, str, str 
         unknown = sorted(set(v.task_sets) - set(task_sets))
         if unknown:
             raise ConfigError(f"eval.variants[{i}].task_sets names {unknown[0]!r}; this run's test sets: {', '.join(task_sets)}")
-        overrides = {k: getattr(v, k) for k in ("agent", "env", "temperature", "decoding") if getattr(v, k) is not None}
-        out += [(label + e.variant_suffix(v), model, adapter, overrides, v.task_sets or task_sets)
+        out += [(label + e.variant_suffix(v), model, adapter, v.settings(), v.task_sets or task_sets)
                 for label, model, adapter in contenders + (baselines if v.baselines else [])]
     return out
 

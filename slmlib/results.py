@@ -92,12 +92,8 @@ def targets(summary: dict) -> list[dict[str, Any]]:
             gap = main[task_set]["pass_rate"] - base["pass_rate"] if base else None
             row(f"{gap_target * 100:.0f} points above untuned {baseline} on {task_set}", gap,
                 None if gap is None else gap >= gap_target)
-    floors: dict[str, float] = {}
-    for sets in evals.values():
-        for task_set, m in sets.items():
-            if m.get("floors"):
-                floors.setdefault(task_set, max(f["pass_rate"] for f in m["floors"].values()))
-    for task_set, worst in sorted(floors.items()):
+    for task_set, floors in sorted(floors_by_set(evals).items()):
+        worst = max(f["pass_rate"] for f in floors.values())
         row(f"every judge floor <= {FLOOR_TARGET:.0%} ({task_set})", worst, worst <= FLOOR_TARGET)
     for name, sets in ours.items():
         for task_set, m in sorted(sets.items()):
@@ -147,13 +143,19 @@ def decoding_lines(evals: dict[str, dict[str, dict]]) -> list[str]:
     return lines
 
 
-def floor_lines(evals: dict[str, dict[str, dict]]) -> list[str]:
-    """What a policy that solves nothing scores on each task set, under the same judge (slmlib.floors)."""
-    by_set = {}
+def floors_by_set(evals: dict[str, dict[str, dict]]) -> dict[str, dict]:
+    """Each task set's judge floors (the same tasks and judge for every model: the first evaluation's)."""
+    by_set: dict[str, dict] = {}
     for sets in evals.values():
         for task_set, m in sets.items():
             if m.get("floors"):
                 by_set.setdefault(task_set, m["floors"])
+    return by_set
+
+
+def floor_lines(evals: dict[str, dict[str, dict]]) -> list[str]:
+    """What a policy that solves nothing scores on each task set, under the same judge (slmlib.floors)."""
+    by_set = floors_by_set(evals)
     if not by_set:
         return []
     lines = ["", "## What a policy that solves nothing scores (judge floors)", "",
