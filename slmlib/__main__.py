@@ -125,6 +125,11 @@ def _bench_workers(args) -> int:
     return bench.main_workers(args)
 
 
+def _bench_step(args) -> int:
+    from slmlib import bench
+    return bench.main_step(args)
+
+
 def _run(args) -> int:
     from slmlib import pipeline
     if args.rerun_from and not args.resume:
@@ -186,7 +191,7 @@ def bench_variant(name: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from slmlib.bench import EVAL_CONFIGS, VARIANTS  # light: its heavy imports are inside its functions
+    from slmlib.bench import EVAL_CONFIGS, STEP_CONFIGS, VARIANTS  # light: its heavy imports are inside its functions
     from slmlib.memory import tcmalloc
     p = Parser(prog="python -m slmlib", description=__doc__)
     p.add_argument("--debug", action="store_true", help="show the whole traceback of an error")
@@ -233,7 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--limit", type=int, default=-1, help="first N tasks; -1 = all")
     ev.add_argument("--judge", choices=("offline", "tooleval"), default="offline")
     ev.add_argument("--judge-model", help="model name at the OpenAI-compatible endpoint (OPENAI_BASE_URL, OPENAI_API_KEY)")
-    ev.add_argument("--batch-size", type=positive, default=8)
+    ev.add_argument("--batch-size", type=positive, default=8,
+                    help="rows per generate call; 1 on a CPU: each episode (or, with --mode step, each prompt) reuses "
+                    "the KV cache of the prefix it shares with its last step")
     ev.add_argument("--workers", type=positive, default=1,
                     help="processes rolling episodes out, each loading the model and taking its share of the cores")
     ev.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; the paper used 0.1")
@@ -310,6 +317,17 @@ def build_parser() -> argparse.ArgumentParser:
     bw.add_argument("--max-new-tokens", type=positive, default=256, help="as evaluate")
     bw.add_argument("--work", default="/tmp/slmlib-bench-workers")
     bw.set_defaults(func=_bench_workers)
+    bs = bench_sub.add_parser("step", help="teacher-forced step mode batched vs one prompt at a time, its prefix reused")
+    bs.add_argument("--model", default="smollm2-135m-instruct", help="embedded name or folder (a trained model)")
+    bs.add_argument("--tasks", help="task file; default: ComplexFuncBench's test split")
+    bs.add_argument("--n-tasks", type=positive, default=4)
+    bs.add_argument("--batch-size", type=positive, default=8, help="the batched config's (evaluate's default)")
+    bs.add_argument("--decoding", choices=("free", "grammar"), default="free")
+    bs.add_argument("--max-new-tokens", type=positive, default=256, help="as evaluate")
+    bs.add_argument("--configs", nargs="+", choices=list(STEP_CONFIGS), default=list(STEP_CONFIGS),
+                    help="the first is the baseline the others are compared with")
+    bs.add_argument("--work", default="/tmp/slmlib-bench-step")
+    bs.set_defaults(func=_bench_step)
 
     assets = sub.add_parser("assets", help="fetch and prepare the embedded models and ComplexFuncBench")
     assets_sub = assets.add_subparsers(dest="assets_command", required=True)

@@ -3,7 +3,9 @@
 ``bench eval`` runs the same ComplexFuncBench tasks with the batched rollout (early stop at each
 step's end) and with one task at a time running ``generate`` to the token limit, checks that the
 greedy trajectories are the same, and prints ``speedup: R.RRx`` in tasks per second. ``bench workers``
-runs ``evaluate`` in one process and with ``--workers N`` back to back (:func:`main_workers`).
+runs ``evaluate`` in one process and with ``--workers N`` back to back (:func:`main_workers`); ``bench step``
+the teacher-forced step mode batched, one prompt at a time, and one at a time reusing each prompt's prefix
+(:func:`main_step`).
 
 ``bench train``:
 
@@ -379,10 +381,52 @@ def main_workers(args) -> int:
         print(f"{r['workers']:7d} {r['threads']:12d} {r['wall_s']:8.1f} {3600 * r['tasks'] / r['wall_s']:8.1f} "
               f"{r['seconds_per_task']:9.2f} {r['peak_rss_gb']:7.2f} {same:>4d}/{len(base['episodes']):<4d} "
               f"{base['wall_s'] / r['wall_s']:7.2f}x")
+    return write_rows(work, rows, f"{args.workers} workers over one process, tasks per hour; "
+                      "s/episode is each episode's own time, which sharing the machine lengthens")
+
+
+def write_rows(work: Path, rows: list[dict], what: str) -> int:
+    """Keep a back-to-back comparison's rows and print its last row's speedup over the first in wall time."""
     (work / "results.json").write_text(json.dumps(rows, indent=2))
-    print(f"speedup: {base['wall_s'] / rows[-1]['wall_s']:.2f}x ({args.workers} workers over one process, tasks per hour; "
-          "s/episode is each episode's own time, which sharing the machine lengthens)")
+    print(f"speedup: {rows[0]['wall_s'] / rows[-1]['wall_s']:.2f}x ({what})")
     return 0
+
+
+STEP_CONFIGS = {"batched": False, "one_at_a_time": False, "prefix_reuse": True}  # name -> reuse the prefix (batch 1)
+
+
+def main_step(args) -> int:
+    """Teacher-forced step mode (``evaluate --mode step``) in one process, each config back to back on the same steps:
+    batched (``--batch-size``, left-padded), one prompt at a time, one at a time reusing the prefix each prompt shares
+    with the one before (a task's next step is its last prompt plus the gold step and observation)."""
+    import torch
+    from slmlib import models, rollout
+    from slmlib.data import complexfuncbench
+    from slmlib.evaluate import context_window, step_mode
+    from slmlib.schema import read_jsonl
+    work = Path(args.work)
+    tasks = (read_jsonl(args.tasks) if args.tasks else list(complexfuncbench.tasks("test")))[:args.n_tasks]
+    model, tok = models.load(args.model)
+    rows = []
+    for config in args.configs:
+        dec = rollout.Decoding(max_new_tokens=args.max_new_tokens, reuse_prefix=STEP_CONFIGS[config], decoding=args.decoding)
+        dec.max_context = context_window(model)
+        t0 = time.perf_counter()
+        m = step_mode(model, tok, tasks, work / config, dec, args.batch_size if config == "batched" else 1)
+        wall = time.perf_counter() - t0
+        raws = [json.loads(x)["raw"] for x in (work / config / "step_predictions.jsonl").read_text().splitlines()]
+        rows.append({"config": config, "batch_size": m["batch_size"], "wall_s": wall, "steps": m["n_steps"],
+                     "call_match": m["step_call_match_rate"], "raws": raws})
+    base = rows[0]
+    print(f"model {args.model}, {len(tasks)} tasks ({args.tasks or 'ComplexFuncBench test'}), {base['steps']} steps, "
+          f"{args.decoding} decoding, greedy, <= {args.max_new_tokens} new tokens a step; baseline {base['config']}; "
+          f"CPU {cpu_capability()}, {torch.get_num_threads()} threads")
+    print(f"{'config':14} {'batch':>5} {'wall s':>8} {'s/step':>7} {'call match':>10} {'identical':>9} {'speedup':>8}")
+    for r in rows:
+        same = sum(a == b for a, b in zip(base["raws"], r["raws"]))
+        print(f"{r['config']:14} {r['batch_size']:5d} {r['wall_s']:8.1f} {r['wall_s'] / r['steps']:7.2f} {r['call_match']:10.1%} "
+              f"{same:>4d}/{r['steps']:<4d} {base['wall_s'] / r['wall_s']:7.2f}x")
+    return write_rows(work, rows, f"{rows[-1]['config']} over {base['config']}, steps per second")
 
 
 if __name__ == "__main__":

@@ -95,6 +95,8 @@ def step_mode(model, tok, tasks: list[dict], out: Path, dec: rollout.Decoding, b
         turns = [i for i, m in enumerate(msgs) if m["role"] == "assistant"]
         items += [(task, msgs[:i], tbf.message_step(msgs[i]), k + 1) for k, i in enumerate(turns)]
     grammars_by_id = {t["id"]: rollout.task_grammar(t, dec) for t in tasks}  # once per task, not per step
+    # one prompt at a time, each step's prompt extends the one before: prefill only what is new
+    cache = rollout.PrefixCache() if rollout.reuses_prefix(model, dec, batch_size) else None
     results = []
     t0 = time.perf_counter()
     for b in range(0, len(items), batch_size):
@@ -103,7 +105,7 @@ def step_mode(model, tok, tasks: list[dict], out: Path, dec: rollout.Decoding, b
         fits = [len(p) + dec.max_new_tokens <= dec.max_context for p in prompts]
         kept = [(p, grammars_by_id[t["id"]]) for p, (t, _, _, _), ok in zip(prompts, chunk, fits) if ok]
         grammars = [g.text for _, g in kept] if dec.decoding == "grammar" else None
-        generated = iter(rollout.generate_steps(model, tok, [p for p, _ in kept], dec, grammars=grammars)[0] if kept else [])
+        generated = iter(rollout.generate_steps(model, tok, [p for p, _ in kept], dec, cache=cache, grammars=grammars)[0] if kept else [])
         texts = [next(generated) if ok else "" for ok in fits]  # a prompt beyond the window counts as a failed step
         for (task, _, gold, position), text in zip(chunk, texts):
             parsed, guarded = rollout.parse_generated(text)
@@ -117,8 +119,8 @@ def step_mode(model, tok, tasks: list[dict], out: Path, dec: rollout.Decoding, b
         for r in results:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
     n = len(results)
-    metrics = {"mode": "step", "n_tasks": len(tasks), **step_metrics(results),
-               "seconds_per_step": (time.perf_counter() - t0) / n if n else 0.0}
+    metrics = {"mode": "step", "n_tasks": len(tasks), **step_metrics(results), "batch_size": batch_size,
+               "prefix_reuse": cache is not None, "seconds_per_step": (time.perf_counter() - t0) / n if n else 0.0}
     atomic_write_json(out / "metrics.json", metrics)
     return metrics
 

@@ -119,17 +119,22 @@ def sft_config(cfg: TrainConfig, output_dir: Path, seed: int, n_rows: int, **ove
 
 
 class ThroughputLog(TrainerCallback):
-    """Appends every logged step (loss, lr, supervised tokens/s, resident memory now and at its peak) to ``train_log.jsonl``."""
+    """Appends every logged step (loss, lr, supervised tokens/s, resident memory now and at its peak) to ``train_log.jsonl``.
+
+    ``elapsed_s`` counts training time across resumes: a resumed run starts from the seconds logged up to its checkpoint
+    (``before``); the steps a killed run made after its checkpoint are dropped, their time with them."""
 
     def __init__(self, path: Path, learned_per_row: float):
         self.path, self.learned_per_row = path, learned_per_row
-        self.t0, self.step0 = None, 0
+        self.t0, self.step0, self.before = None, 0, 0.0
 
     def on_train_begin(self, args, state, control, **kw):
         self.t0, self.step0 = time.perf_counter(), state.global_step
-        if state.is_world_process_zero and self.path.is_file():  # resumed: forget steps after the checkpoint
+        if self.path.is_file():  # resumed: forget steps after the checkpoint
             kept = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= state.global_step]
-            atomic_write_text(self.path, "".join(line + "\n" for line in kept))
+            self.before = logged_seconds([json.loads(line) for line in kept])
+            if state.is_world_process_zero:
+                atomic_write_text(self.path, "".join(line + "\n" for line in kept))
 
     def on_log(self, args, state, control, logs=None, **kw):
         if not logs or "loss" not in logs:
@@ -137,12 +142,23 @@ class ThroughputLog(TrainerCallback):
         elapsed = time.perf_counter() - self.t0
         rows = (state.global_step - self.step0) * curve.rows_per_step(args)
         entry = {"step": state.global_step, "epoch": state.epoch, "loss": logs["loss"],
-                 "learning_rate": logs.get("learning_rate"), "elapsed_s": round(elapsed, 2),
+                 "learning_rate": logs.get("learning_rate"), "elapsed_s": round(self.before + elapsed, 2),
                  "supervised_tokens_per_s": round(rows * self.learned_per_row / elapsed, 1) if elapsed else None,
                  **memory.rss_now()}
         if state.is_world_process_zero:
             with open(self.path, "a") as f:
                 f.write(json.dumps(entry) + "\n")
+
+
+def logged_seconds(entries: list[dict]) -> float:
+    """The training seconds a log holds: its last ``elapsed_s``, plus the last of every stretch before a drop (logs of
+    this project before ``elapsed_s`` counted across resumes started it from 0 at each resume)."""
+    total = last = 0.0
+    for e in entries:
+        if e["elapsed_s"] < last:
+            total += last
+        last = e["elapsed_s"]
+    return total + last
 
 
 def apply_lora(model, cfg: TrainConfig):
@@ -176,7 +192,7 @@ Trained by `slmlib train` (profile `{profile.name}`), {cfg.method} fine-tuning w
 | supervised tokens | {summary['supervised_tokens']} |
 | optimizer steps | {summary['steps']} |
 | final training loss | {summary['final_loss']:.4f} |
-| wall time | {summary['train_seconds']:.0f} s on {summary['device']} |
+| wall time | {summary['train_seconds']:.0f} s on {summary['device']}{f" ({summary['train_seconds_before_resume']:.0f} s of it before the last resume)" if summary['resumed_from'] else ""} |
 | precision | {summary.get('precision_reason', profile.train.precision)} |
 
 Parameters: `{json.dumps(asdict(cfg))}`
@@ -254,9 +270,10 @@ def train(profile: Profile, train_file: str | Path, out_dir: str | Path, overwri
                "tokens": sum(r["length"] for r in rows), "steps": trainer.state.global_step,
                "rows_per_step": rows_per_step,
                "final_loss": losses[-1] if losses else math.nan, "train_loss": result.training_loss,
-               "train_seconds": seconds, "resumed_from": resume, "world_size": trainer.args.world_size,
-               "supervised_tokens_per_s": (trainer.state.global_step - throughput.step0) * rows_per_step
-               * throughput.learned_per_row / seconds if seconds else None,
+               "train_seconds": throughput.before + seconds, "train_seconds_before_resume": throughput.before,
+               "resumed_from": resume, "world_size": trainer.args.world_size,
+               "supervised_tokens_per_s": trainer.state.global_step * rows_per_step * throughput.learned_per_row
+               / (throughput.before + seconds) if seconds else None,  # every stretch of a resumed run together
                "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
                "precision": precision, "precision_reason": why, "allocator": memory.allocator(), "model_dir": str(model_dir),
                # the process that trained: a notebook kernel of its own, or the CLI (a reuse keeps this record)

@@ -337,6 +337,16 @@ def test_bench_workers_compares_one_process_with_workers(tmp_path):
     assert "CPU " in run.stdout and run.stdout.splitlines()[-1].startswith("speedup: ")
 
 
+def test_bench_step_compares_batched_with_one_prompt_at_a_time(tmp_path):
+    run = slmlib_cli("bench", "step", "--model", "tiny-opt", "--n-tasks", "1", "--batch-size", "2", "--max-new-tokens", "8",
+                     "--work", str(tmp_path))
+    assert run.returncode == 0, run.stderr
+    rows = [line.split() for line in run.stdout.splitlines() if line.split()[:1] in (["batched"], ["one_at_a_time"], ["prefix_reuse"])]
+    assert [(r[0], r[1]) for r in rows] == [("batched", "2"), ("one_at_a_time", "1"), ("prefix_reuse", "1")]
+    assert all(r[5] == "3/3" for r in rows[1:])  # one at a time, the same greedy steps with the prefix reused or not
+    assert "CPU " in run.stdout and run.stdout.splitlines()[-1].startswith("speedup: ")
+
+
 def test_a_run_plays_every_decoding_then_each_variant(tmp_path):
     from slmlib import config
     p = tmp_path / "p.yaml"
@@ -464,6 +474,30 @@ def test_step_mode_scores_next_steps_against_the_gold_trajectory(tmp_path):
     assert [json.loads(x)["position"] for x in lines[:len(tasks[0]["gold_calls"])]] == list(range(1, len(tasks[0]["gold_calls"]) + 1))
     assert sum(p["n_steps"] for p in m["by_position"].values()) == m["n_steps"] and m["by_position"]["1"]["n_steps"] == 2
     assert m["finish_step_accuracy"] is None  # replayed gold calls end without a Finish step
+
+
+def test_step_mode_one_at_a_time_prefills_only_what_each_step_adds(tmp_path, tiny, monkeypatch):
+    from slmlib.data import complexfuncbench
+    from slmlib.evaluate import step_mode
+    tasks = list(complexfuncbench.tasks("test"))[:2]
+    prompts, real = [], rollout.PrefixCache.prepare
+    def prepare(cache, prompt):
+        kv = real(cache, prompt)
+        prompts.append((len(prompt), kv.get_seq_length()))  # (prompt length, tokens served from the cache)
+        return kv
+    monkeypatch.setattr(rollout.PrefixCache, "prepare", prepare)
+    raws = {}
+    for reuse in (True, False):
+        dec = rollout.Decoding(max_new_tokens=16, reuse_prefix=reuse)
+        dec.max_context = 2048
+        m = step_mode(*tiny, tasks, tmp_path / str(reuse), dec, 1)
+        assert m["prefix_reuse"] is reuse
+        raws[reuse] = [json.loads(x)["raw"] for x in (tmp_path / str(reuse) / "step_predictions.jsonl").read_text().splitlines()]
+    assert raws[True] == raws[False] and len(raws[True]) == 6  # the same greedy steps as a full prefill each time
+    assert len(prompts) == 5 and prompts[0][1] == 0  # one prompt is past the window; the first is prefilled whole
+    lengths, kept = zip(*prompts)
+    assert kept[1:3] == lengths[:2] and kept[4] == lengths[3]  # a task's later step reuses the whole prompt before it
+    assert 1000 < kept[3] < lengths[3]  # the next task shares the system prompt and tools, not the query
 
 
 def test_step_metrics_by_position():

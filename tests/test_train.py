@@ -102,8 +102,13 @@ def test_kill_and_resume_reaches_the_same_loss(small, uninterrupted, tmp_path):
     resumed = json.loads((tmp_path / "train_summary.json").read_text())
     assert resumed["resumed_from"].endswith("checkpoint-2") and resumed["steps"] == full["steps"] == 6
     assert resumed["final_loss"] == pytest.approx(full["final_loss"], rel=1e-5)
-    steps = [json.loads(line)["step"] for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
-    assert steps == [1, 2, 3, 4, 5, 6]  # the killed run's steps after the checkpoint are not logged twice
+    log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in log] == [1, 2, 3, 4, 5, 6]  # the killed run's steps after the checkpoint are not logged twice
+    seconds = [e["elapsed_s"] for e in log]  # counted across the resume: the resumed steps go on from the checkpoint's
+    assert seconds == sorted(seconds) and resumed["train_seconds_before_resume"] == seconds[1] > 0
+    assert resumed["train_seconds"] > seconds[-1] > seconds[1] and "s of it before the last resume" in (
+        tmp_path / "model" / "README.md").read_text()
+    assert train.logged_seconds([{"elapsed_s": s} for s in (5, 9, 2, 4, 11)]) == 20  # an older log, reset at its resume
 
 
 def test_two_processes_under_accelerate_launch(small, tmp_path):
