@@ -392,7 +392,8 @@ def write_rows(work: Path, rows: list[dict], what: str) -> int:
     return 0
 
 
-STEP_CONFIGS = {"batched": False, "one_at_a_time": False, "prefix_reuse": True}  # name -> reuse the prefix (batch 1)
+# name -> (rows per generate call, None for --batch-size; reuse the prefix each prompt shares with the one before)
+STEP_CONFIGS = {"batched": (None, False), "one_at_a_time": (1, False), "prefix_reuse": (1, True)}
 
 
 def main_step(args) -> int:
@@ -409,10 +410,11 @@ def main_step(args) -> int:
     model, tok = models.load(args.model)
     rows = []
     for config in args.configs:
-        dec = rollout.Decoding(max_new_tokens=args.max_new_tokens, reuse_prefix=STEP_CONFIGS[config], decoding=args.decoding)
+        rows_per_call, reuse = STEP_CONFIGS[config]
+        dec = rollout.Decoding(max_new_tokens=args.max_new_tokens, reuse_prefix=reuse, decoding=args.decoding)
         dec.max_context = context_window(model)
         t0 = time.perf_counter()
-        m = step_mode(model, tok, tasks, work / config, dec, args.batch_size if config == "batched" else 1)
+        m = step_mode(model, tok, tasks, work / config, dec, rows_per_call or args.batch_size)
         wall = time.perf_counter() - t0
         raws = [json.loads(x)["raw"] for x in (work / config / "step_predictions.jsonl").read_text().splitlines()]
         rows.append({"config": config, "batch_size": m["batch_size"], "wall_s": wall, "steps": m["n_steps"],

@@ -253,7 +253,7 @@ def train(profile: Profile, train_file: str | Path, out_dir: str | Path, overwri
     t0 = time.perf_counter()
     with lm_head_positions(cfg.lm_head):
         result = trainer.train(resume_from_checkpoint=resume)
-    seconds = time.perf_counter() - t0
+    seconds = throughput.before + time.perf_counter() - t0  # every stretch of a resumed run together
     if not trainer.is_world_process_zero():
         return {}
     model_dir = out / "model"
@@ -270,10 +270,10 @@ def train(profile: Profile, train_file: str | Path, out_dir: str | Path, overwri
                "tokens": sum(r["length"] for r in rows), "steps": trainer.state.global_step,
                "rows_per_step": rows_per_step,
                "final_loss": losses[-1] if losses else math.nan, "train_loss": result.training_loss,
-               "train_seconds": throughput.before + seconds, "train_seconds_before_resume": throughput.before,
+               "train_seconds": seconds, "train_seconds_before_resume": throughput.before,
                "resumed_from": resume, "world_size": trainer.args.world_size,
                "supervised_tokens_per_s": trainer.state.global_step * rows_per_step * throughput.learned_per_row
-               / (throughput.before + seconds) if seconds else None,  # every stretch of a resumed run together
+               / seconds if seconds else None,
                "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
                "precision": precision, "precision_reason": why, "allocator": memory.allocator(), "model_dir": str(model_dir),
                # the process that trained: a notebook kernel of its own, or the CLI (a reuse keeps this record)
