@@ -139,12 +139,12 @@ def time_limit(t0: float, seconds: float | None):
     return TimeLimit()
 
 
-def next_call(model, tokenizer, tasks: list[dict], out: Path) -> dict:
-    """Teacher-forced next-step accuracy on the held-out trajectories (``evaluate --mode step``: greedy, free
-    decoding, 256 new tokens), overall and by call position."""
+def next_call(model, tokenizer, tasks: list[dict]) -> dict:
+    """Teacher-forced next-step accuracy of the model just trained on the held-out trajectories (``evaluate --mode
+    step``: greedy, free decoding, 256 new tokens), overall and by call position."""
     from slmlib import evaluate, rollout
     dec = rollout.Decoding(max_new_tokens=256, max_context=evaluate.context_window(model))
-    m = evaluate.step_mode(model, tokenizer, tasks, out / "next_call", dec, batch_size=1)
+    m = evaluate.step_metrics([s for r in evaluate.step_records(model, tokenizer, tasks, dec, 1) for s in r["steps"]])
     return {"step_call_match_rate": m["step_call_match_rate"],
             **{k: v["step_call_match_rate"] for k, v in m["by_position"].items()}}
 
@@ -194,7 +194,7 @@ def run_one(spec: dict) -> dict:
             "supervised_tokens": learned, "steps": trainer.state.global_step, "wall_s": wall,
             "supervised_tokens_per_s": learned * done / wall, "model_flops": flops, "flops_per_s": flops * done / wall,
             "eval_loss": eval_loss(merged, tokenizer, eval_tasks),
-            "next_call": next_call(merged, tokenizer, eval_tasks, Path(spec["out"])) if spec.get("next_call") else None,
+            "next_call": next_call(merged, tokenizer, eval_tasks) if spec.get("next_call") else None,
             "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
             "rss_gb_at_step": {step: logged[step] for step in RSS_STEPS if step in logged},
             "threads": torch.get_num_threads(), "allocator": memory.allocator(), "lm_head": lm_head}
@@ -392,42 +392,46 @@ def write_rows(work: Path, rows: list[dict], what: str) -> int:
     return 0
 
 
-# name -> (rows per generate call, None for --batch-size; reuse the prefix each prompt shares with the one before)
-STEP_CONFIGS = {"batched": (None, False), "one_at_a_time": (1, False), "prefix_reuse": (1, True)}
+# name -> (rows per generate call, None for --batch-size; reuse the prefix each prompt shares with the one before;
+# processes sharing the cores)
+STEP_CONFIGS = {"batched": (None, False, 1), "one_at_a_time": (1, False, 1), "prefix_reuse": (1, True, 1),
+                "prefix_reuse_workers": (1, True, 2)}
 
 
 def main_step(args) -> int:
-    """Teacher-forced step mode (``evaluate --mode step``) in one process, each config back to back on the same steps:
-    batched (``--batch-size``, left-padded), one prompt at a time, one at a time reusing the prefix each prompt shares
-    with the one before (a task's next step is its last prompt plus the gold step and observation)."""
+    """Teacher-forced step mode (``evaluate --mode step``), each config back to back on the same steps: batched
+    (``--batch-size``, left-padded), one prompt at a time, one at a time reusing the prefix each prompt shares with the
+    one before (a task's next step is its last prompt plus the gold step and observation), and that in two
+    one-thread worker processes taking tasks as they free up."""
     import torch
-    from slmlib import models, rollout
+    from slmlib import rollout
     from slmlib.data import complexfuncbench
-    from slmlib.evaluate import context_window, step_mode
+    from slmlib.eval_workers import TeacherForced
+    from slmlib.evaluate import step_mode
     from slmlib.schema import read_jsonl
     work = Path(args.work)
     tasks = (read_jsonl(args.tasks) if args.tasks else list(complexfuncbench.tasks("test")))[:args.n_tasks]
-    model, tok = models.load(args.model)
     rows = []
     for config in args.configs:
-        rows_per_call, reuse = STEP_CONFIGS[config]
+        rows_per_call, reuse, workers = STEP_CONFIGS[config]
         dec = rollout.Decoding(max_new_tokens=args.max_new_tokens, reuse_prefix=reuse, decoding=args.decoding)
-        dec.max_context = context_window(model)
+        spec = TeacherForced(args.model, None, "float32", dec, rows_per_call or args.batch_size)
         t0 = time.perf_counter()
-        m = step_mode(model, tok, tasks, work / config, dec, rows_per_call or args.batch_size)
+        m = step_mode(spec, tasks, work / config, workers)
         wall = time.perf_counter() - t0
         raws = [json.loads(x)["raw"] for x in (work / config / "step_predictions.jsonl").read_text().splitlines()]
-        rows.append({"config": config, "batch_size": m["batch_size"], "wall_s": wall, "steps": m["n_steps"],
-                     "call_match": m["step_call_match_rate"], "raws": raws})
+        rows.append({"config": config, "batch_size": m["batch_size"], "workers": m["workers"], "wall_s": wall,
+                     "steps": m["n_steps"], "call_match": m["step_call_match_rate"], "peak_rss_gb": m["peak_rss_gb"], "raws": raws})
     base = rows[0]
     print(f"model {args.model}, {len(tasks)} tasks ({args.tasks or 'ComplexFuncBench test'}), {base['steps']} steps, "
           f"{args.decoding} decoding, greedy, <= {args.max_new_tokens} new tokens a step; baseline {base['config']}; "
           f"CPU {cpu_capability()}, {torch.get_num_threads()} threads")
-    print(f"{'config':14} {'batch':>5} {'wall s':>8} {'s/step':>7} {'call match':>10} {'identical':>9} {'speedup':>8}")
+    print(f"{'config':20} {'batch':>5} {'workers':>7} {'wall s':>8} {'s/step':>7} {'call match':>10} {'RSS GB':>7} "
+          f"{'identical':>9} {'speedup':>8}")
     for r in rows:
         same = sum(a == b for a, b in zip(base["raws"], r["raws"]))
-        print(f"{r['config']:14} {r['batch_size']:5d} {r['wall_s']:8.1f} {r['wall_s'] / r['steps']:7.2f} {r['call_match']:10.1%} "
-              f"{same:>4d}/{r['steps']:<4d} {base['wall_s'] / r['wall_s']:7.2f}x")
+        print(f"{r['config']:20} {r['batch_size']:5d} {r['workers']:7d} {r['wall_s']:8.1f} {r['wall_s'] / r['steps']:7.2f} "
+              f"{r['call_match']:10.1%} {r['peak_rss_gb']:7.2f} {same:>4d}/{r['steps']:<4d} {base['wall_s'] / r['wall_s']:7.2f}x")
     return write_rows(work, rows, f"{rows[-1]['config']} over {base['config']}, steps per second")
 
 

@@ -1,4 +1,5 @@
-"""Episodes rolled out by several worker processes, each with its own model and its share of the cores.
+"""Episodes rolled out (or gold trajectories predicted step by step) by several worker processes, each with its own
+model and its share of the cores.
 
 One episode at a time is bound by memory traffic and per-call overhead more than by arithmetic, so on a
 CPU two one-thread processes finish more episodes per hour than one two-thread process (measured with
@@ -7,6 +8,7 @@ tenfold in cost), and every record comes back to the parent, the only writer of 
 """
 from __future__ import annotations
 
+import abc
 import dataclasses
 import os
 import pickle
@@ -19,34 +21,54 @@ from slmlib.config import SearchConfig
 
 
 @dataclasses.dataclass(frozen=True)
-class Rollout:
-    """What a process needs to roll episodes out: the model to load and how to play it."""
+class Work(abc.ABC):
+    """What a process needs to evaluate: the model to load and how to decode; ``records`` says what it does."""
     model: str
     adapter: str | None
     dtype: str
     dec: rollout.Decoding
+    batch_size: int
+
+    @abc.abstractmethod
+    def records(self, mdl, tok, dec: rollout.Decoding, tasks: Iterable[dict]) -> Iterator[dict]:
+        """One record per task, in the order the tasks end."""
+
+    def play(self, tasks: Iterable[dict], peak: dict[str, Any]) -> Iterator[dict]:
+        """Each task's record as it ends; ``peak`` gets the memory peak of the model and its work."""
+        from slmlib.evaluate import context_window, load_model
+        fresh = memory.reset_peak()
+        mdl, tok = load_model(self.model, self.adapter, self.dtype)
+        yield from self.records(mdl, tok, dataclasses.replace(self.dec, max_context=context_window(mdl)), tasks)
+        peak |= memory.peak(fresh)
+
+
+@dataclasses.dataclass(frozen=True)
+class Rollout(Work):
+    """Episodes: the model played by an agent in an environment."""
     agent: str
     search: SearchConfig
     env: str
     url: str | None
-    batch_size: int
 
-    def play(self, tasks: Iterable[dict], peak: dict[str, Any]) -> Iterator[dict]:
-        """Each task's record as it ends; ``peak`` gets the memory peak of the model and its rollouts."""
-        from slmlib.evaluate import context_window, load_model
-        fresh = memory.reset_peak()
-        mdl, tok = load_model(self.model, self.adapter, self.dtype)
-        dec = dataclasses.replace(self.dec, max_context=context_window(mdl))
-        yield from agents.run(self.agent, rollout.model_policy(mdl, tok, dec), tasks, envs.make(self.env, self.url),
-                              dec, self.batch_size, rollout.reuses_prefix(mdl, dec, self.batch_size), self.search)
-        peak |= memory.peak(fresh)
+    def records(self, mdl, tok, dec, tasks):
+        return agents.run(self.agent, rollout.model_policy(mdl, tok, dec), tasks, envs.make(self.env, self.url),
+                          dec, self.batch_size, rollout.reuses_prefix(mdl, dec, self.batch_size), self.search)
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherForced(Work):
+    """Step mode: each gold trajectory's next steps predicted with the gold history given."""
+
+    def records(self, mdl, tok, dec, tasks):
+        from slmlib.evaluate import step_records
+        return step_records(mdl, tok, tasks, dec, self.batch_size)
 
 
 def threads_each(workers: int) -> int:
     return max(1, len(os.sched_getaffinity(0)) // workers)
 
 
-def _work(spec: Rollout, threads: int, todo: Any, done: Any) -> None:
+def _work(spec: Work, threads: int, todo: Any, done: Any) -> None:
     """A worker: its tasks from ``todo`` until a None, each record into ``done``, then its peak memory."""
     import torch
     torch.set_num_threads(threads)
@@ -70,7 +92,7 @@ class WorkerTraceback(Exception):
         return "\n" + self.args[0]
 
 
-def play(spec: Rollout, tasks: list[dict], workers: int, peak: dict[str, Any]) -> Iterator[dict]:
+def play(spec: Work, tasks: list[dict], workers: int, peak: dict[str, Any]) -> Iterator[dict]:
     """Each task's record as some worker ends it; ``peak`` gets the workers' summed peak memory (they run at once)."""
     import multiprocessing
     ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch thread pools or CUDA state

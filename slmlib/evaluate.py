@@ -12,7 +12,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 from slmlib import encode, envs, eval_workers, floors, judge, models, rollout
 from slmlib import toolbench_format as tbf
@@ -87,40 +87,62 @@ def gold_trajectory(task: dict) -> list[dict]:
     return msgs
 
 
-def step_mode(model, tok, tasks: list[dict], out: Path, dec: rollout.Decoding, batch_size: int) -> dict:
-    """Teacher-forced next-step prediction over every assistant turn of the gold trajectories."""
-    items = []
-    for task in tasks:
-        msgs = gold_trajectory(task)
-        turns = [i for i, m in enumerate(msgs) if m["role"] == "assistant"]
-        items += [(task, msgs[:i], tbf.message_step(msgs[i]), k + 1) for k, i in enumerate(turns)]
-    grammars_by_id = {t["id"]: rollout.task_grammar(t, dec) for t in tasks}  # once per task, not per step
+def step_records(model, tok, tasks: Iterable[dict], dec: rollout.Decoding, batch_size: int) -> Iterator[dict]:
+    """Teacher-forced next-step prediction over every assistant turn of each task's gold trajectory: one record per
+    task (``id``, ``steps``, ``prefix_reuse``) as soon as its last step is predicted. A task is taken from ``tasks``
+    only when the batch has room (a worker's tasks come from a queue), and batches run across task boundaries."""
     # one prompt at a time, each step's prompt extends the one before: prefill only what is new
-    cache = rollout.PrefixCache() if rollout.reuses_prefix(model, dec, batch_size) else None
-    results = []
-    t0 = time.perf_counter()
-    for b in range(0, len(items), batch_size):
-        chunk = items[b:b + batch_size]
+    reuse = rollout.reuses_prefix(model, dec, batch_size)
+    cache = rollout.PrefixCache() if reuse else None
+    tasks, pending, steps, left, grammars = iter(tasks), [], {}, {}, {}
+    while True:
+        while len(pending) < batch_size and (task := next(tasks, None)) is not None:
+            msgs = gold_trajectory(task)
+            turns = [i for i, m in enumerate(msgs) if m["role"] == "assistant"]
+            if not turns:
+                yield {"id": task["id"], "steps": [], "prefix_reuse": reuse}
+                continue
+            pending += [(task, msgs[:i], tbf.message_step(msgs[i]), k + 1) for k, i in enumerate(turns)]
+            steps[task["id"]], left[task["id"]] = [], len(turns)
+            grammars[task["id"]] = rollout.task_grammar(task, dec)  # once per task, not per step
+        if not pending:
+            return
+        chunk, pending = pending[:batch_size], pending[batch_size:]
         prompts = [encode.encode(tbf.prompt_segments({**t, "messages": h}), tok, add_eos=False).input_ids for t, h, _, _ in chunk]
         fits = [len(p) + dec.max_new_tokens <= dec.max_context for p in prompts]
-        kept = [(p, grammars_by_id[t["id"]]) for p, (t, _, _, _), ok in zip(prompts, chunk, fits) if ok]
-        grammars = [g.text for _, g in kept] if dec.decoding == "grammar" else None
-        generated = iter(rollout.generate_steps(model, tok, [p for p, _ in kept], dec, cache=cache, grammars=grammars)[0] if kept else [])
-        texts = [next(generated) if ok else "" for ok in fits]  # a prompt beyond the window counts as a failed step
-        for (task, _, gold, position), text in zip(chunk, texts):
+        kept = [(p, grammars[t["id"]]) for p, (t, _, _, _), ok in zip(prompts, chunk, fits) if ok]
+        texts = iter(rollout.generate_steps(model, tok, [p for p, _ in kept], dec, cache=cache,
+                                            grammars=[g.text for _, g in kept] if dec.decoding == "grammar" else None)[0]
+                     if kept else [])
+        for (task, _, gold, position), ok in zip(chunk, fits):
+            text = next(texts) if ok else ""  # a prompt beyond the window counts as a failed step
             parsed, guarded = rollout.parse_generated(text)
-            ok = isinstance(parsed, tbf.Step)
-            name_ok = ok and parsed.action == gold.action
-            results.append({"id": task["id"], "group": task["group"], "position": position, "raw": text, "gold_action": gold.action,
-                            "format_valid": ok, "guarded": guarded, "name_match": name_ok,
-                            "call_match": name_ok and same_value(gold.arguments(), parsed.arguments())})
+            valid = isinstance(parsed, tbf.Step)
+            name_ok = valid and parsed.action == gold.action
+            steps[task["id"]].append({"id": task["id"], "group": task["group"], "position": position, "raw": text,
+                                      "gold_action": gold.action, "format_valid": valid, "guarded": guarded, "name_match": name_ok,
+                                      "call_match": name_ok and same_value(gold.arguments(), parsed.arguments())})
+            left[task["id"]] -= 1
+            if not left[task["id"]]:
+                del grammars[task["id"]], left[task["id"]]
+                yield {"id": task["id"], "steps": steps.pop(task["id"]), "prefix_reuse": reuse}
+
+
+def step_mode(spec: eval_workers.TeacherForced, tasks: list[dict], out: Path, workers: int = 1) -> dict:
+    """Step mode in this process or in ``workers`` processes sharing the cores (tasks handed out as they free up);
+    ``step_predictions.jsonl`` in task order, ``metrics.json`` with the rates, the speed and the peak memory."""
+    peak: dict[str, Any] = {}
+    workers = max(1, min(workers, len(tasks)))
+    t0 = time.perf_counter()
+    records = {r["id"]: r for r in (spec.play(tasks, peak) if workers == 1 else eval_workers.play(spec, tasks, workers, peak))}
+    seconds = time.perf_counter() - t0
+    results = [s for t in tasks for s in records[t["id"]]["steps"]]
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "step_predictions.jsonl", "w", encoding="utf-8") as f:
-        for r in results:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    atomic_write_text(out / "step_predictions.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in results))
     n = len(results)
-    metrics = {"mode": "step", "n_tasks": len(tasks), **step_metrics(results), "batch_size": batch_size,
-               "prefix_reuse": cache is not None, "seconds_per_step": (time.perf_counter() - t0) / n if n else 0.0}
+    metrics = {"mode": "step", "n_tasks": len(tasks), **step_metrics(results), "batch_size": spec.batch_size,
+               "prefix_reuse": any(r["prefix_reuse"] for r in records.values()), "workers": workers,
+               "seconds_per_step": seconds / n if n else 0.0, **peak}
     atomic_write_json(out / "metrics.json", metrics)
     return metrics
 
@@ -198,9 +220,7 @@ def evaluate(model: str, tasks_file: str | Path, out_dir: str | Path, *, adapter
     dec = rollout.Decoding(max_steps=max_steps, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
                            key_guard=key_guard, decoding=decoding)
     if mode == "step":
-        mdl, tok = load_model(model, adapter, dtype)
-        dec.max_context = context_window(mdl)
-        return step_mode(mdl, tok, tasks, out, dec, batch_size)
+        return step_mode(eval_workers.TeacherForced(model, adapter, dtype, dec, batch_size), tasks, out, workers)
     settings = {"env": env, "max_steps": max_steps, "max_new_tokens": max_new_tokens, "temperature": temperature,
                 "seed": seed, "dtype": dtype, "key_guard": key_guard, "decoding": decoding}
     if agent != "react":  # absent = react, so the episodes of earlier runs still resume
@@ -212,7 +232,7 @@ def evaluate(model: str, tasks_file: str | Path, out_dir: str | Path, *, adapter
     todo = [t for t in tasks if t["id"] not in skip]
     peak: dict[str, Any] = {}
     if todo:  # a rerun with every episode stored only judges them again: no model to load
-        spec = eval_workers.Rollout(model, adapter, dtype, dec, agent, search, env, url, batch_size)
+        spec = eval_workers.Rollout(model, adapter, dtype, dec, batch_size, agent=agent, search=search, env=env, url=url)
         workers = min(workers, len(todo))
         for record in spec.play(todo, peak) if workers == 1 else eval_workers.play(spec, todo, workers, peak):
             task = by_id[record["id"]]
@@ -285,9 +305,9 @@ def model_and_adapter(profile, folder: str | Path) -> tuple[str, str | None]:
 
 
 def profile_settings(profile, **overrides: Any) -> dict[str, Any]:
-    """:func:`evaluate`'s settings as the profile's ``eval`` section gives them, those in ``overrides`` (a variant's
-    ``agent``, ``env``, ``temperature`` or ``decoding``) replaced."""
+    """:func:`evaluate`'s settings as the profile's ``eval`` section gives them (the models' dtype from ``model.dtype``),
+    those in ``overrides`` (a variant's ``agent``, ``env``, ``temperature`` or ``decoding``) replaced."""
     e = profile.eval
     return dict(max_steps=e.max_steps, batch_size=e.batch_size, temperature=e.temperature, max_new_tokens=e.max_new_tokens,
-                seed=profile.seed, key_guard=e.key_guard, decoding=e.decoding, agent=e.agent, search=e.search,
+                dtype=profile.model.dtype, seed=profile.seed, key_guard=e.key_guard, decoding=e.decoding, agent=e.agent, search=e.search,
                 env=e.env, workers=e.workers) | overrides

@@ -8,6 +8,7 @@ import threading
 import pytest
 
 from slmlib import envs, judge, rollout, schema, tooleval
+from slmlib.bench import STEP_CONFIGS
 from slmlib.errors import ErrorLabel
 from slmlib.evaluate import SettingsChanged, evaluate, profile_settings, step_metrics
 from slmlib.evaluate import plays as plays_of
@@ -338,19 +339,20 @@ def test_bench_workers_compares_one_process_with_workers(tmp_path):
 
 
 def test_bench_step_compares_batched_with_one_prompt_at_a_time(tmp_path):
-    run = slmlib_cli("bench", "step", "--model", "tiny-opt", "--n-tasks", "1", "--batch-size", "2", "--max-new-tokens", "8",
+    run = slmlib_cli("bench", "step", "--model", "tiny-opt", "--n-tasks", "2", "--batch-size", "2", "--max-new-tokens", "8",
                      "--work", str(tmp_path))
     assert run.returncode == 0, run.stderr
-    rows = [line.split() for line in run.stdout.splitlines() if line.split()[:1] in (["batched"], ["one_at_a_time"], ["prefix_reuse"])]
-    assert [(r[0], r[1]) for r in rows] == [("batched", "2"), ("one_at_a_time", "1"), ("prefix_reuse", "1")]
-    assert all(r[5] == "3/3" for r in rows[1:])  # one at a time, the same greedy steps with the prefix reused or not
+    rows = [line.split() for line in run.stdout.splitlines() if line.split()[:1] in ([c] for c in STEP_CONFIGS)]
+    assert [(r[0], r[1], r[2]) for r in rows] == [("batched", "2", "1"), ("one_at_a_time", "1", "1"),
+                                                  ("prefix_reuse", "1", "1"), ("prefix_reuse_workers", "1", "2")]
+    assert all(r[7] == "6/6" for r in rows[1:])  # one at a time, the same greedy steps with the prefix reused or not, in workers
     assert "CPU " in run.stdout and run.stdout.splitlines()[-1].startswith("speedup: ")
 
 
 def test_a_run_plays_every_decoding_then_each_variant(tmp_path):
     from slmlib import config
     p = tmp_path / "p.yaml"
-    p.write_text("model: {name: tiny-opt}\neval:\n  decoding: grammar\n  decodings: [grammar, free]\n  baselines: [b]\n"
+    p.write_text("model: {name: tiny-opt, dtype: bfloat16}\neval:\n  decoding: grammar\n  decodings: [grammar, free]\n  baselines: [b]\n"
                  "  variants:\n    - {agent: dfsdt, temperature: 0.5}\n"
                  "    - {env: cfb, task_sets: [complexfuncbench], baselines: true}\n")
     profile = config.load(p)
@@ -365,6 +367,7 @@ def test_a_run_plays_every_decoding_then_each_variant(tmp_path):
                      ("b+cfb", "b", {"env": "cfb"}, ["complexfuncbench"])]
     settings = profile_settings(profile, agent="dfsdt", temperature=0.5)
     assert (settings["agent"], settings["temperature"], settings["decoding"], settings["env"]) == ("dfsdt", 0.5, "grammar", "auto")
+    assert settings["dtype"] == "bfloat16"  # model.dtype is what every model is evaluated in
     with pytest.raises(config.ConfigError, match=r"eval\.variants\[1\]\.task_sets names 'complexfuncbench'"):
         plays_of(profile, tmp_path, ["stabletoolbench"])
 
@@ -476,8 +479,9 @@ def test_step_mode_scores_next_steps_against_the_gold_trajectory(tmp_path):
     assert m["finish_step_accuracy"] is None  # replayed gold calls end without a Finish step
 
 
-def test_step_mode_one_at_a_time_prefills_only_what_each_step_adds(tmp_path, tiny, monkeypatch):
+def test_step_mode_one_at_a_time_prefills_only_what_each_step_adds(tmp_path, monkeypatch):
     from slmlib.data import complexfuncbench
+    from slmlib.eval_workers import TeacherForced
     from slmlib.evaluate import step_mode
     tasks = list(complexfuncbench.tasks("test"))[:2]
     prompts, real = [], rollout.PrefixCache.prepare
@@ -488,16 +492,28 @@ def test_step_mode_one_at_a_time_prefills_only_what_each_step_adds(tmp_path, tin
     monkeypatch.setattr(rollout.PrefixCache, "prepare", prepare)
     raws = {}
     for reuse in (True, False):
-        dec = rollout.Decoding(max_new_tokens=16, reuse_prefix=reuse)
-        dec.max_context = 2048
-        m = step_mode(*tiny, tasks, tmp_path / str(reuse), dec, 1)
-        assert m["prefix_reuse"] is reuse
+        spec = TeacherForced("tiny-opt", None, "float32", rollout.Decoding(max_new_tokens=16, reuse_prefix=reuse), 1)
+        m = step_mode(spec, tasks, tmp_path / str(reuse))  # in this process, where the patch is
+        assert m["prefix_reuse"] is reuse and m["workers"] == 1 and m["peak_rss_gb"] > 0
         raws[reuse] = [json.loads(x)["raw"] for x in (tmp_path / str(reuse) / "step_predictions.jsonl").read_text().splitlines()]
     assert raws[True] == raws[False] and len(raws[True]) == 6  # the same greedy steps as a full prefill each time
     assert len(prompts) == 5 and prompts[0][1] == 0  # one prompt is past the window; the first is prefilled whole
     lengths, kept = zip(*prompts)
     assert kept[1:3] == lengths[:2] and kept[4] == lengths[3]  # a task's later step reuses the whole prompt before it
     assert 1000 < kept[3] < lengths[3]  # the next task shares the system prompt and tools, not the query
+
+
+def test_step_mode_in_workers_writes_what_one_process_writes(tmp_path):
+    from slmlib.data import complexfuncbench
+    tasks = list(complexfuncbench.tasks("test"))[:3]
+    schema.write_jsonl(tmp_path / "tasks.jsonl", tasks)
+    out = {n: evaluate("tiny-opt", tmp_path / "tasks.jsonl", tmp_path / f"w{n}", mode="step", max_new_tokens=8, batch_size=1,
+                       workers=n) for n in (1, 2)}
+    assert out[2]["workers"] == 2 and out[1]["workers"] == 1
+    assert {k: v for k, v in out[2].items() if "seconds" not in k and "rss" not in k and k != "workers"} == \
+        {k: v for k, v in out[1].items() if "seconds" not in k and "rss" not in k and k != "workers"}
+    lines = {n: (tmp_path / f"w{n}" / "step_predictions.jsonl").read_text() for n in (1, 2)}
+    assert lines[1] == lines[2] and len(lines[1].splitlines()) == out[1]["n_steps"]  # task order, whoever finished first
 
 
 def test_step_metrics_by_position():
