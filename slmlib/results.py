@@ -35,6 +35,7 @@ GAP_TARGETS = {"stabletoolbench": 0.30, "heldout": 0.20}
 FLOOR_TARGET, UNKNOWN_TOOL_TARGET = 0.05, 0.01
 FORMAT_TARGETS = {"grammar": 1.0, "free": 0.99}
 PRIMARY_SET = "complexfuncbench"
+CURVE = "eval/curve/curve.json"  # the learning curve's points (slmlib.curve), where the profile keeps snapshots
 
 
 class ResultsExist(FileExistsError):
@@ -60,7 +61,8 @@ def collect(run_path: str | Path) -> dict[str, Any]:
             "resumes": manifest.get("resumes", []), "trained_from": manifest.get("trained_from"),
             "notebook_seconds": {s: notebook_seconds(run / f"{s}.ipynb") for s in manifest.get("notebooks", [])
                                  if (run / f"{s}.ipynb").is_file()},
-            "data": run_metrics.get("data"), "train": run_metrics.get("train"), "eval": evals}
+            "data": run_metrics.get("data"), "train": run_metrics.get("train"), "eval": evals,
+            "curve": read_json(run / CURVE) if (run / CURVE).is_file() else None}
 
 
 def finetuned_label(summary: dict) -> str | None:
@@ -184,6 +186,29 @@ def leaderboard_lines(summary: dict) -> list[str]:
     return lines
 
 
+def curve_lines(curve: dict | None) -> list[str]:
+    """The learning curve's points: teacher-forced next-call accuracy by call position at each snapshot, and the pass
+    rate of the snapshots also played as episodes."""
+    if not curve or not curve["points"]:
+        return []
+    positions = sorted({k.removeprefix("call_match_at_") for p in curve["points"] for k in p if k.startswith("call_match_at_")})
+    limit = "all its tasks" if curve["limit"] < 0 else f"its first {curve['limit']} tasks"
+    paper = curve.get("paper_supervised_tokens")
+    lines = ["", "## Learning curve", "",
+             f"Each snapshot of the training, and the final model, on `{curve['tasks']}` ({limit}, the same for every "
+             "point): the next call "
+             "exactly right with the gold history given (teacher-forced), overall and by the call's position in its task, "
+             "and the pass rate of the snapshots also played as episodes"
+             + (f". The paper's budget: about {paper:,.0f} supervised tokens (estimated, `slmlib.curve.paper_budget`)."
+                if paper else "."), "",
+             "| step | supervised tokens seen | next call right | " + " | ".join(f"call {k}" for k in positions)
+             + " | pass rate |", "|---|---|---|" + "---|" * len(positions) + "---|"]
+    for p in curve["points"]:
+        lines.append(f"| {p['step']} | {p['supervised_tokens_seen']:,} | {_pct(p['step_call_match_rate'])} | "
+                     + " | ".join(_pct(p.get(f"call_match_at_{k}")) for k in positions) + f" | {_pct(p.get('pass_rate'))} |")
+    return lines
+
+
 def markdown(summary: dict, command: str) -> str:
     """The results folder's README: what ran, where, how long, and what it shows."""
     dev = summary["device"]
@@ -236,6 +261,7 @@ def markdown(summary: dict, command: str) -> str:
                          f"{_pct(m['format_valid_rate'])} | {_pct(m.get('guarded_step_rate'))} | "
                          f"{_pct(m['hallucinated_tool_rate'])} | {_pct(m['call_match_rate'])} | "
                          f"{_num(calls, '{:.1f}')} | {tokens:.0f} | {m['seconds_per_task']:.1f} | {_num(m.get('peak_rss_gb'))} |")
+    lines += curve_lines(summary.get("curve"))
     lines += leaderboard_lines(summary)
     lines += decoding_lines(summary["eval"])
     lines += floor_lines(summary["eval"])

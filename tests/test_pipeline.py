@@ -127,6 +127,11 @@ def test_results_export_matches_the_run_and_is_not_overwritten(smoke_run, tmp_pa
     board = readme.split("## ComplexFuncBench's protocol beside its leaderboard")[1].split("\n## ")[0]
     assert "| GLM-4-9B | 9.4% | 28.0% | 1,000 |" in board
     assert f"| **tiny-opt-sft+cfb** | {100 * protocol['cfb_success_rate']:.1f}% | {100 * protocol['cfb_call_accuracy']:.1f}% | 8 |" in board
+    curve = read_json(smoke_run / "eval" / "curve" / "curve.json")
+    assert summary["curve"]["points"] == curve["points"] and [p["step"] for p in curve["points"]] == [2, 4]
+    section = readme.split("## Learning curve")[1].split("\n## ")[0]
+    assert all(f"| {p['step']} | {p['supervised_tokens_seen']:,} | {100 * p['step_call_match_rate']:.1f}% | " in section
+               and section.count(f"{100 * p['pass_rate']:.1f}% |") for p in curve["points"])
     met = {t["target"]: t["met"] for t in results.targets(summary)}
     assert met["fine-tuned success rate, ComplexFuncBench's protocol >= 10.0% (above GLM-4-9B 9.4% and Qwen2.5-7B 5.0%)"] == (
         protocol["cfb_success_rate"] >= 0.10)
