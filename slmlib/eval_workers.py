@@ -93,7 +93,11 @@ class WorkerTraceback(Exception):
 
 
 def play(spec: Work, tasks: list[dict], workers: int, peak: dict[str, Any]) -> Iterator[dict]:
-    """Each task's record as some worker ends it; ``peak`` gets the workers' summed peak memory (they run at once)."""
+    """Each task's record as some worker ends it; ``peak`` gets the workers' summed peak memory (they run at once).
+    One worker is this process itself."""
+    if workers == 1:
+        yield from spec.play(tasks, peak)
+        return
     import multiprocessing
     ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch thread pools or CUDA state
     todo, done = ctx.Queue(), ctx.Queue()

@@ -134,7 +134,7 @@ def step_mode(spec: eval_workers.TeacherForced, tasks: list[dict], out: Path, wo
     peak: dict[str, Any] = {}
     workers = max(1, min(workers, len(tasks)))
     t0 = time.perf_counter()
-    records = {r["id"]: r for r in (spec.play(tasks, peak) if workers == 1 else eval_workers.play(spec, tasks, workers, peak))}
+    records = {r["id"]: r for r in eval_workers.play(spec, tasks, workers, peak)}
     seconds = time.perf_counter() - t0
     results = [s for t in tasks for s in records[t["id"]]["steps"]]
     out.mkdir(parents=True, exist_ok=True)
@@ -234,7 +234,7 @@ def evaluate(model: str, tasks_file: str | Path, out_dir: str | Path, *, adapter
     if todo:  # a rerun with every episode stored only judges them again: no model to load
         spec = eval_workers.Rollout(model, adapter, dtype, dec, batch_size, agent=agent, search=search, env=env, url=url)
         workers = min(workers, len(todo))
-        for record in spec.play(todo, peak) if workers == 1 else eval_workers.play(spec, todo, workers, peak):
+        for record in eval_workers.play(spec, todo, workers, peak):
             task = by_id[record["id"]]
             record["declared_tools"] = [t["name"] for t in task["tools"]]
             record["verdict"] = judge.judge(task, record)
