@@ -24,7 +24,7 @@ assets: $(STAMP)
 	$(PY) -m slmlib assets fetch
 
 run: assets
-	$(if $(TCMALLOC),LD_PRELOAD=$(TCMALLOC)) $(PY) -m slmlib run --params params/$(PROFILE).yaml $(if $(RESUME),--resume $(RESUME)) $(if $(FROM),--from $(FROM)) $(if $(TRAINED),--trained-from outputs/$(TRAINED))
+	$(if $(TCMALLOC),LD_PRELOAD=$(TCMALLOC)) $(PY) -m slmlib run --params params/$(PROFILE).yaml $(if $(RESUME),--resume $(RESUME)) $(if $(FROM),--from $(FROM)) $(if $(TRAINED),--trained-from outputs/$(TRAINED)) $(if $(STOP_BY),--stop-by $(STOP_BY))
 
 test: assets
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import platform
 import sys
 from pathlib import Path
@@ -180,6 +181,19 @@ def user_errors() -> tuple[type[BaseException], ...]:
             FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError)
 
 
+def stop_by(text: str) -> float:
+    from slmlib import deadline
+    try:
+        return deadline.parse(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def add_stop_by(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--stop-by", type=stop_by, metavar="WHEN",
+                        help="end cleanly by this time, resumable: 2.5h, 90m, 12:30 or 2026-12-02T12:30 (exit status 75)")
+
+
 def bench_variant(name: str) -> str:
     """A ``bench train --variants`` name, checked: an unknown lever is argparse's one-line error."""
     from slmlib.bench import variant
@@ -209,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="take this earlier run's finished training (same model, train and seed parameters, same "
                           "training data) instead of training again")
     run.add_argument("--overwrite", action="store_true", help="replace a finished run of the same id")
+    add_stop_by(run)
     run.set_defaults(func=_run)
 
     res = sub.add_parser("results", help="export a finished run's metrics, figures and notebooks as a folder to commit")
@@ -222,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", required=True, help="output folder (model, checkpoints, logs)")
     tr.add_argument("--train-file", help="task file of trajectories; default: prepared from the profile into OUT/data")
     tr.add_argument("--overwrite", action="store_true", help="train again over a finished run")
+    add_stop_by(tr)
     tr.set_defaults(func=_train)
 
     ev = sub.add_parser("evaluate", help="roll a model out on a task file and judge it")
@@ -243,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "the KV cache of the prefix it shares with its last step")
     ev.add_argument("--workers", type=positive, default=1,
                     help="processes rolling episodes out, each loading the model and taking its share of the cores")
+    add_stop_by(ev)
     ev.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; the paper used 0.1")
     ev.add_argument("--max-new-tokens", type=positive, default=256)
     ev.add_argument("--seed", type=int, default=0)
@@ -364,8 +381,14 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in argv  # anywhere on the line, before or after the subcommand
     args = build_parser().parse_args([a for a in argv if a != "--debug"])
+    from slmlib import deadline
+    if getattr(args, "stop_by", None) is not None:  # read where the work is: in this process, kernels and workers
+        os.environ[deadline.ENV] = repr(args.stop_by)
     try:
         return args.func(args)
+    except deadline.Stopped as e:  # not an error: the run goes on when resumed
+        print(f"stopped: {' '.join(str(e).split())}", file=sys.stderr)
+        return 75
     except Exception as e:
         if debug or not isinstance(e, user_errors()):
             raise

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from slmlib import encode, envs, eval_workers, floors, judge, models, rollout
+from slmlib import deadline, encode, envs, eval_workers, floors, judge, models, rollout
 from slmlib import toolbench_format as tbf
 from slmlib.config import ConfigError, SearchConfig
 from slmlib.run import atomic_write_json, atomic_write_text, read_json
@@ -234,11 +234,15 @@ def evaluate(model: str, tasks_file: str | Path, out_dir: str | Path, *, adapter
     if todo:  # a rerun with every episode stored only judges them again: no model to load
         spec = eval_workers.Rollout(model, adapter, dtype, dec, batch_size, agent=agent, search=search, env=env, url=url)
         workers = min(workers, len(todo))
-        for record in eval_workers.play(spec, todo, workers, peak):
+        stop_by = deadline.from_env()
+        for n, record in enumerate(eval_workers.play(spec, todo, workers, peak), 1):
             task = by_id[record["id"]]
             record["declared_tools"] = [t["name"] for t in task["tools"]]
             record["verdict"] = judge.judge(task, record)
             append_line(preds, record)
+            if deadline.passed(stop_by) and n < len(todo):  # the episodes under way are rolled again on resume
+                raise deadline.Stopped(f"{out}: {len(skip) + n} of {len(tasks)} episodes rolled out by "
+                                       f"{deadline.show(stop_by)}; evaluating again resumes after them")
         if workers > 1:
             peak["workers"] = workers
     records = rejudge(preds, by_id)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import nbformat
 
-from slmlib import adopt, config, data
+from slmlib import adopt, config, data, deadline
 from slmlib.config import REPO
 from slmlib.run import CannotResume, RunDir, new_run_id
 
@@ -93,12 +93,19 @@ def run_profile(params: str | Path, run_id: str | None = None, overwrite: bool =
                          "missing_optional_sources": missing, **adopted})
     if start:
         log.info("kept %s: already ran to their end", ", ".join(stems[:start]))
+    stop_by = deadline.from_env()  # the kernels inherit it: training and evaluation stop by it too
+    resume_with = f"resume with: make run PROFILE={profile.name} RESUME={run.path.name}"
     for nb in chain[start:]:  # every notebook after the first rerun reads its fresh outputs, so it reruns too
+        if deadline.passed(stop_by):
+            raise deadline.Stopped(f"{run.path.name}: the time to stop by ({deadline.show(stop_by)}) came before "
+                                   f"{nb.stem}; {resume_with}")
         out = run.path / nb.name
         try:
             pm.execute_notebook(str(nb), str(out), parameters={"PROFILE": str(params), "RUN_DIR": str(run.path.resolve())},
                                 cwd=str(NOTEBOOKS), progress_bar=False, kernel_name="python3")
         except pm.PapermillExecutionError as e:
+            if e.ename == deadline.Stopped.__name__:
+                raise deadline.Stopped(f"{run.path.name}: {nb.stem}: {e.evalue}; {resume_with}") from None
             raise NotebookFailed(f"{nb.name} failed in cell {e.exec_count} ({e.ename}: {e.evalue}); "
                                  f"the executed notebook is {out}") from None
     run.finish()

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback, set_seed
 
-from slmlib import curve, encode, memory, models
+from slmlib import curve, deadline, encode, memory, models
 from slmlib import toolbench_format as tbf
 from slmlib.config import Profile, TrainConfig
 from slmlib.run import RunExists, atomic_write_json, atomic_write_text, read_json
@@ -150,6 +150,30 @@ class ThroughputLog(TrainerCallback):
                 f.write(json.dumps(entry) + "\n")
 
 
+class StopBy(TrainerCallback):
+    """Ends training after the last optimizer step that fits before ``stop_by`` and checkpoints it. The next step is
+    taken to last 1.5 times the slowest of the last five (a checkpoint's writing inside), so the stop comes in time."""
+
+    def __init__(self, stop_by: float):
+        self.stop_by, self.last, self.durations, self.stopped_at = stop_by, 0.0, [], None
+
+    def on_train_begin(self, args, state, control, **kw):
+        self.last = deadline.now()
+
+    def on_step_end(self, args, state, control, **kw):
+        t = deadline.now()
+        self.durations = [*self.durations[-4:], t - self.last]
+        self.last = t
+        stop = state.global_step < state.max_steps and t + 1.5 * max(self.durations) > self.stop_by
+        if torch.distributed.is_available() and torch.distributed.is_initialized():  # every process stops at one step
+            flag = torch.tensor([float(stop)], device=args.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            stop = bool(flag.item())
+        if stop:
+            control.should_save = control.should_training_stop = True
+            self.stopped_at = state.global_step
+
+
 def logged_seconds(entries: list[dict]) -> float:
     """The training seconds a log holds: its last ``elapsed_s``, plus the last of every stretch before a drop (logs of
     this project before ``elapsed_s`` counted across resumes started it from 0 at each resume)."""
@@ -209,12 +233,13 @@ tokenizer = AutoTokenizer.from_pretrained(PATH)
 
 
 def train(profile: Profile, train_file: str | Path, out_dir: str | Path, overwrite: bool = False,
-          reuse: bool = False, adopt_from: str | Path | None = None) -> dict:
+          reuse: bool = False, adopt_from: str | Path | None = None, stop_by: float | None = None) -> dict:
     """Fine-tune per ``profile.train`` on a task file; returns the summary also written to ``train_summary.json``.
 
     A finished training in ``out_dir`` is an error, unless ``reuse`` (a resumed pipeline run, whose
     parameters were checked against its manifest) returns its summary as it is. ``adopt_from`` takes an
-    earlier run's identical training instead of training (:mod:`slmlib.adopt`).
+    earlier run's identical training instead of training (:mod:`slmlib.adopt`). ``stop_by`` (default: the
+    time in ``SLMLIB_STOP_BY``, :mod:`slmlib.deadline`) ends it early with a checkpoint, raising ``Stopped``.
     """
     from datasets import Dataset
     from trl import SFTTrainer
@@ -229,6 +254,9 @@ def train(profile: Profile, train_file: str | Path, out_dir: str | Path, overwri
     if adopt_from is not None:
         from slmlib import adopt
         return adopt.adopt(adopt_from, train_file, out)
+    stop_by = deadline.from_env() if stop_by is None else stop_by
+    if deadline.passed(stop_by):
+        raise deadline.Stopped(f"{out}: not trained, the time to stop by ({deadline.show(stop_by)}) has passed")
     cfg = profile.train
     set_seed(profile.seed)
     model, tokenizer = models.load(profile.model.name, dtype="float32")
@@ -245,8 +273,9 @@ def train(profile: Profile, train_file: str | Path, out_dir: str | Path, overwri
     throughput = ThroughputLog(out / "train_log.jsonl", learned / len(rows))
     callbacks = [throughput] + ([curve.Snapshots(out / "snapshots", cfg.snapshots, learned / len(rows), tokenizer)]
                                 if cfg.snapshots > 0 else [])
+    stop = StopBy(stop_by) if stop_by is not None else None
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
-                         callbacks=callbacks)
+                         callbacks=callbacks + ([stop] if stop else []))
     resume = last_checkpoint(ckpt_dir)
     if resume:
         log.info("resuming from %s", resume)
@@ -254,6 +283,10 @@ def train(profile: Profile, train_file: str | Path, out_dir: str | Path, overwri
     with lm_head_positions(cfg.lm_head):
         result = trainer.train(resume_from_checkpoint=resume)
     seconds = throughput.before + time.perf_counter() - t0  # every stretch of a resumed run together
+    if stop and stop.stopped_at is not None:
+        raise deadline.Stopped(f"training stopped at step {stop.stopped_at} of {trainer.state.max_steps} to end by "
+                               f"{deadline.show(stop_by)}; {ckpt_dir}/checkpoint-{stop.stopped_at} saved, training "
+                               "again resumes from it")
     if not trainer.is_world_process_zero():
         return {}
     model_dir = out / "model"

@@ -324,6 +324,21 @@ def test_workers_roll_out_the_same_episodes_and_resume(tmp_path, data_root):
     assert (tmp_path / "two" / "predictions.jsonl").read_text() == kept
 
 
+def test_an_evaluation_stops_by_its_time_and_resumes(tmp_path, monkeypatch):
+    from slmlib import deadline
+    from slmlib.data import complexfuncbench
+    schema.write_jsonl(tmp_path / "tasks.jsonl", list(complexfuncbench.tasks("test"))[:3])
+    settings = dict(max_steps=2, max_new_tokens=16, batch_size=1)
+    monkeypatch.setenv(deadline.ENV, "100")
+    monkeypatch.setattr(deadline, "now", lambda: 200.0)  # the time has come when the first episode ends
+    with pytest.raises(deadline.Stopped, match=r"1 of 3 episodes rolled out by .*; evaluating again resumes after them"):
+        evaluate("tiny-opt", tmp_path / "tasks.jsonl", tmp_path / "out", **settings)
+    assert len((tmp_path / "out" / "predictions.jsonl").read_text().splitlines()) == 1
+    monkeypatch.undo()
+    metrics = evaluate("tiny-opt", tmp_path / "tasks.jsonl", tmp_path / "out", **settings)
+    assert metrics["n_tasks"] == 3 and len((tmp_path / "out" / "predictions.jsonl").read_text().splitlines()) == 3
+
+
 def slmlib_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "slmlib", *args], capture_output=True, text=True,
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})

@@ -2,11 +2,12 @@ import html
 import json
 import re
 import shutil
+import time
 
 import nbformat
 import pytest
 
-from slmlib import pipeline
+from slmlib import deadline, pipeline
 from slmlib.run import CannotResume, RunExists, atomic_write_json, read_json
 
 from conftest import REPO
@@ -187,7 +188,7 @@ def test_finished_run_is_not_overwritten(smoke_run):
 
 
 @pytest.mark.notebooks
-def test_an_interrupted_run_resumes_where_it_stopped(smoke_run, tmp_path):
+def test_an_interrupted_run_resumes_where_it_stopped(smoke_run, tmp_path, monkeypatch):
     run = shutil.copytree(smoke_run, tmp_path / smoke_run.name)
     # as a run killed while evaluating leaves it: 03 without an end time, its last two episodes unwritten,
     # 04 and 05 not started, the manifest unfinished
@@ -202,13 +203,19 @@ def test_an_interrupted_run_resumes_where_it_stopped(smoke_run, tmp_path):
     preds.write_text("".join(lines[:-2]))
     kept = {p: p.read_bytes() for p in (run / "01_data_exploration.ipynb", run / "02_fine_tuning.ipynb",
                                          run / "data" / "train.jsonl", run / "train" / "train_summary.json")}
+    monkeypatch.setenv(deadline.ENV, repr(time.time() - 1))  # resumed past its time to stop by: no notebook starts
+    with pytest.raises(deadline.Stopped, match=rf"^{run.name}: the time to stop by \(.*\) came before 03_evaluation; "
+                       rf"resume with: make run PROFILE=smoke RESUME={run.name}$"):
+        pipeline.run_profile(REPO / "params" / "smoke.yaml", run_id=run.name, output_root=tmp_path, resume=True)
+    assert preds.read_text().splitlines(keepends=True) == lines[:-2]
+    monkeypatch.delenv(deadline.ENV)
     pipeline.run_profile(REPO / "params" / "smoke.yaml", run_id=run.name, output_root=tmp_path, resume=True)
     assert all(p.read_bytes() == b for p, b in kept.items())  # neither the data nor the training ran again
     after = preds.read_text().splitlines(keepends=True)
     assert after[:-2] == lines[:-2]  # the judged episodes were kept, only the missing two rolled out
     assert sorted(json.loads(x)["id"] for x in after) == sorted(json.loads(x)["id"] for x in lines)
     manifest = read_json(run / "run_manifest.json")
-    assert manifest["finished_at"] and len(manifest["resumes"]) == 1
+    assert manifest["finished_at"] and len(manifest["resumes"]) == 2  # the one stopped by the time, then the last
     from slmlib import results
     readme = (results.export(run, tmp_path / "results") / "README.md").read_text()
     assert f"resumed on {manifest['resumes'][0]['at']} at commit" in readme and f"RESUME={run.name}`" in readme
@@ -220,8 +227,8 @@ def test_an_interrupted_run_resumes_where_it_stopped(smoke_run, tmp_path):
     pipeline.run_profile(REPO / "params" / "smoke.yaml", run_id=run.name, output_root=tmp_path, rerun_from="03_evaluation")
     assert all(p.read_bytes() == b for p, b in kept.items()) and preds.read_text() == episodes
     manifest = read_json(run / "run_manifest.json")
-    assert manifest["finished_at"] and manifest["resumes"][1]["rerun_from"] == "03_evaluation"
-    replaced = manifest["resumes"][1]["replaced_seconds"]
+    assert manifest["finished_at"] and manifest["resumes"][2]["rerun_from"] == "03_evaluation"
+    replaced = manifest["resumes"][2]["replaced_seconds"]
     assert set(replaced) == {"03_evaluation", "04_error_analysis", "05_results"} and replaced["03_evaluation"] == first_eval
     readme = (results.export(run, tmp_path / "results", overwrite=True) / "README.md").read_text()
     assert f"FROM=03_evaluation`); the executions it replaced took 03_evaluation {first_eval / 60:.1f} min" in readme

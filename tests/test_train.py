@@ -1,3 +1,4 @@
+import datetime
 import json
 import os
 import signal
@@ -8,7 +9,7 @@ import time
 import pytest
 import torch
 
-from slmlib import config, curve, models, schema, train
+from slmlib import config, curve, deadline, models, schema, train
 from slmlib.data import apibank
 from slmlib.run import RunExists, read_json
 
@@ -109,6 +110,41 @@ def test_kill_and_resume_reaches_the_same_loss(small, uninterrupted, tmp_path):
     assert resumed["train_seconds"] > seconds[-1] > seconds[1] and "s of it before the last resume" in (
         tmp_path / "model" / "README.md").read_text()
     assert train.logged_seconds([{"elapsed_s": s} for s in (5, 9, 2, 4, 11)]) == 20  # an older log, reset at its resume
+
+
+def test_a_time_to_stop_by_is_read_as_a_user_writes_it():
+    at = datetime.datetime(2026, 12, 2, 11, 0).timestamp()
+    assert deadline.parse("90m", at) == deadline.parse("1h30m", at) == deadline.parse("1.5h", at) == at + 5400
+    assert deadline.parse("12:30", at) == datetime.datetime(2026, 12, 2, 12, 30).timestamp()
+    assert deadline.parse("10:30", at) == datetime.datetime(2026, 12, 3, 10, 30).timestamp()  # its next occurrence
+    assert deadline.parse("2026-12-02T12:30", at) == datetime.datetime(2026, 12, 2, 12, 30).timestamp()
+    for bad in ("soon", "90", "25:00", "1h 30m"):
+        with pytest.raises(ValueError, match="give a duration from now"):
+            deadline.parse(bad, at)
+
+
+def test_training_stops_by_its_time_with_a_checkpoint_and_resumes(small, uninterrupted, tmp_path, monkeypatch):
+    _, full = uninterrupted
+    clock = iter(range(100, 10**6, 100))  # every look at the clock 100 s later: each step seems to take 100 s
+    monkeypatch.setattr(deadline, "now", lambda: next(clock))
+    profile = config.load(small / "p.yaml")
+    # checked at 100, training begins at 200, steps end at 300, 400, 500: after step 3 a fourth (150 s) would end late
+    with pytest.raises(deadline.Stopped, match=r"stopped at step 3 of 6 to end by .*checkpoint-3 saved"):
+        train.train(profile, small / "train.jsonl", tmp_path, stop_by=600)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
+    assert not (tmp_path / "train_summary.json").exists() and not (tmp_path / "model").exists()
+    with pytest.raises(deadline.Stopped, match="not trained, the time to stop by .* has passed"):
+        train.train(profile, small / "train.jsonl", tmp_path, stop_by=50)
+    monkeypatch.undo()
+    resumed = train.train(profile, small / "train.jsonl", tmp_path)
+    assert resumed["resumed_from"].endswith("checkpoint-3") and resumed["steps"] == full["steps"] == 6
+    assert resumed["final_loss"] == pytest.approx(full["final_loss"], rel=1e-4)
+    # from the command line: one line, status 75 (not an error: the same command goes on)
+    proc = cli(*train_cmd(small, tmp_path / "cli"), "--stop-by", "2000-01-01T00:00")
+    assert proc.returncode == 75 and proc.stderr.strip().splitlines()[-1] == (
+        f"stopped: {tmp_path / 'cli'}: not trained, the time to stop by (2000-01-01T00:00) has passed")
+    proc = cli(*train_cmd(small, tmp_path / "cli"), "--stop-by", "soon")
+    assert proc.returncode == 2 and "--stop-by: stop by 'soon': give a duration from now" in proc.stderr
 
 
 def test_two_processes_under_accelerate_launch(small, tmp_path):
