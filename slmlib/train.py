@@ -282,11 +282,11 @@ def train(profile: Profile, train_file: str | Path, out_dir: str | Path, overwri
     t0 = time.perf_counter()
     with lm_head_positions(cfg.lm_head):
         result = trainer.train(resume_from_checkpoint=resume)
-    seconds = throughput.before + time.perf_counter() - t0  # every stretch of a resumed run together
     if stop and stop.stopped_at is not None:
         raise deadline.Stopped(f"training stopped at step {stop.stopped_at} of {trainer.state.max_steps} to end by "
                                f"{deadline.show(stop_by)}; {ckpt_dir}/checkpoint-{stop.stopped_at} saved, training "
                                "again resumes from it")
+    seconds = throughput.before + time.perf_counter() - t0  # every stretch of a resumed run together
     if not trainer.is_world_process_zero():
         return {}
     model_dir = out / "model"
