@@ -235,6 +235,26 @@ def test_an_interrupted_run_resumes_where_it_stopped(smoke_run, tmp_path, monkey
     assert all(pipeline.executed(run / f"{stem}.ipynb") for stem in manifest["notebooks"])
 
 
+def test_a_notebook_stopped_by_its_time_ends_the_run_as_a_stop(tmp_path, monkeypatch):
+    # what training or evaluation raises inside a kernel at the time to stop by: one line and the resume command,
+    # not "notebook failed"; the notebook stays unfinished, so the resume executes it again
+    book = tmp_path / "notebooks"
+    book.mkdir()
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell('PROFILE = ""\nRUN_DIR = ""', metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell('from slmlib import deadline\nraise deadline.Stopped("2 of 5 episodes by 12:00")')])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, book / "01_stops.ipynb")
+    monkeypatch.setattr(pipeline, "NOTEBOOKS", book)
+    params = tmp_path / "stops.yaml"
+    params.write_text((REPO / "params" / "smoke.yaml").read_text() + "notebooks: [01_stops]\n")
+    with pytest.raises(deadline.Stopped, match=r"^stops-1: 01_stops: 2 of 5 episodes by 12:00; "
+                                               r"resume with: make run PROFILE=stops RESUME=stops-1$"):
+        pipeline.run_profile(params, run_id="stops-1", output_root=tmp_path / "outputs")
+    run = tmp_path / "outputs" / "stops-1"
+    assert not pipeline.executed(run / "01_stops.ipynb") and not read_json(run / "run_manifest.json")["finished_at"]
+
+
 def test_source_notebooks_are_committed_without_outputs():
     for path in (REPO / "notebooks").glob("*.ipynb"):
         nb = nbformat.read(path, as_version=4)
