@@ -194,6 +194,17 @@ def add_stop_by(parser: argparse.ArgumentParser) -> None:
                         help="end cleanly by this time, resumable: 2.5h, 90m, 12:30 or 2026-12-02T12:30 (exit status 75)")
 
 
+def workers_by_batch(text: str) -> tuple[int, int]:
+    """A ``bench workers --settings`` item, ``WxB``: W worker processes, B episodes batched in each."""
+    try:
+        workers, batch = (int(x) for x in text.split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not WORKERSxBATCH, e.g. 2x4") from None
+    if workers < 1 or batch < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: workers and batch are at least 1")
+    return workers, batch
+
+
 def bench_variant(name: str) -> str:
     """A ``bench train --variants`` name, checked: an unknown lever is argparse's one-line error."""
     from slmlib.bench import variant
@@ -324,11 +335,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="the first is the baseline the others are compared with")
     be.add_argument("--work", default="/tmp/slmlib-bench-eval")
     be.set_defaults(func=_bench_eval)
-    bw = bench_sub.add_parser("workers", help="evaluate in one process vs several worker processes sharing the cores")
+    bw = bench_sub.add_parser("workers", help="evaluate in one process vs several worker processes sharing the cores, "
+                              "and episodes batched in each")
     bw.add_argument("--model", default="smollm2-135m-instruct", help="embedded name or folder (a trained model)")
     bw.add_argument("--tasks", help="task file; default: ComplexFuncBench's test split")
     bw.add_argument("--n-tasks", type=positive, default=8)
-    bw.add_argument("--workers", type=positive, default=2)
+    bw.add_argument("--settings", nargs="+", type=workers_by_batch, default=[(1, 1), (2, 1)], metavar="WxB",
+                    help="worker processes x episodes batched in each, e.g. 2x1 2x4; the first is the baseline")
     bw.add_argument("--decoding", choices=("free", "grammar"), default="grammar")
     bw.add_argument("--max-steps", type=positive, default=10, help="as evaluate: the paper's budget")
     bw.add_argument("--max-new-tokens", type=positive, default=256, help="as evaluate")

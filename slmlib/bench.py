@@ -3,9 +3,9 @@
 ``bench eval`` runs the same ComplexFuncBench tasks with the batched rollout (early stop at each
 step's end) and with one task at a time running ``generate`` to the token limit, checks that the
 greedy trajectories are the same, and prints ``speedup: R.RRx`` in tasks per second. ``bench workers``
-runs ``evaluate`` in one process and with ``--workers N`` back to back (:func:`main_workers`); ``bench step``
-the teacher-forced step mode batched, one prompt at a time, and one at a time reusing each prompt's prefix
-(:func:`main_step`).
+runs ``evaluate`` back to back under several settings of worker processes and episodes batched in each
+(:func:`main_workers`); ``bench step`` the teacher-forced step mode batched, one prompt at a time, and
+reusing each prompt's prefix, one at a time or batched (:func:`main_step`).
 
 ``bench train``:
 
@@ -272,8 +272,9 @@ def main(args) -> int:
 
 # name -> (batched rows, stop at each step's end, reuse each episode's KV cache, decoding)
 EVAL_CONFIGS = {"one_at_a_time": (1, False, False, "free"), "batched": (None, True, False, "free"),
-                "prefix_reuse": (1, True, True, "free"), "grammar": (1, True, True, "grammar"),
-                "batched_grammar": (None, True, False, "grammar")}
+                "prefix_reuse": (1, True, True, "free"), "batched_prefix_reuse": (None, True, True, "free"),
+                "grammar": (1, True, True, "grammar"), "batched_grammar": (None, True, False, "grammar"),
+                "batched_prefix_reuse_grammar": (None, True, True, "grammar")}
 
 
 def eval_one(spec: dict) -> dict:
@@ -349,8 +350,9 @@ def main_eval(args) -> int:
 
 
 def main_workers(args) -> int:
-    """``evaluate`` in one process (every core) against ``--workers N`` (the cores shared out), back to back on the
-    same tasks and settings; prints ``speedup: R.RRx`` in tasks per hour and whether the episodes are the same."""
+    """``evaluate`` under each of ``--settings`` (worker processes sharing the cores x episodes batched in each), back
+    to back on the same tasks; prints ``speedup: R.RRx`` of the last over the first in tasks per hour and whether the
+    episodes are the same."""
     import shutil
     from slmlib.data import complexfuncbench
     from slmlib.eval_workers import threads_each
@@ -361,28 +363,30 @@ def main_workers(args) -> int:
     tasks_file = work / "tasks.jsonl"
     write_jsonl(tasks_file, read_jsonl(args.tasks)[:args.n_tasks] if args.tasks else list(complexfuncbench.tasks("test"))[:args.n_tasks])
     rows = []
-    for n in (1, args.workers):
-        out = work / f"workers-{n}"
+    for n, batch in args.settings:
+        out = work / f"workers-{n}-batch-{batch}"
         shutil.rmtree(out, ignore_errors=True)  # a fresh rollout: a resumed one would time nothing
         t0 = time.perf_counter()
-        m = evaluate(args.model, tasks_file, out, batch_size=1, max_steps=args.max_steps, max_new_tokens=args.max_new_tokens,
+        m = evaluate(args.model, tasks_file, out, batch_size=batch, max_steps=args.max_steps, max_new_tokens=args.max_new_tokens,
                      decoding=args.decoding, workers=n)
         wall = time.perf_counter() - t0
         episodes = {r["id"]: [s["raw"] for s in r["steps"]] for r in map(json.loads, (out / "predictions.jsonl").read_text().splitlines())}
-        rows.append({"workers": n, "threads": threads_each(n), "wall_s": wall, "tasks": m["n_tasks"],
+        rows.append({"workers": n, "batch_size": batch, "threads": threads_each(n), "wall_s": wall, "tasks": m["n_tasks"],
                      "seconds_per_task": m["seconds_per_task"], "peak_rss_gb": m["peak_rss_gb"], "episodes": episodes})
     base = rows[0]
     print(f"model {args.model}, {base['tasks']} tasks ({args.tasks or 'ComplexFuncBench test'}), {args.decoding} decoding, greedy, "
-          f"batch 1, <= {args.max_steps} steps, <= {args.max_new_tokens} new tokens a step; CPU {cpu_capability()}, "
+          f"<= {args.max_steps} steps, <= {args.max_new_tokens} new tokens a step; CPU {cpu_capability()}, "
           f"{len(os.sched_getaffinity(0))} cores")
-    print(f"{'workers':>7} {'threads each':>12} {'wall s':>8} {'tasks/h':>8} {'s/episode':>9} {'RSS GB':>7} {'identical':>9} {'speedup':>8}")
+    print(f"{'workers':>7} {'batch':>5} {'threads each':>12} {'wall s':>8} {'tasks/h':>8} {'s/episode':>9} {'RSS GB':>7} "
+          f"{'identical':>9} {'speedup':>8}")
     for r in rows:
         same = sum(base["episodes"][k] == r["episodes"].get(k) for k in base["episodes"])
-        print(f"{r['workers']:7d} {r['threads']:12d} {r['wall_s']:8.1f} {3600 * r['tasks'] / r['wall_s']:8.1f} "
+        print(f"{r['workers']:7d} {r['batch_size']:5d} {r['threads']:12d} {r['wall_s']:8.1f} {3600 * r['tasks'] / r['wall_s']:8.1f} "
               f"{r['seconds_per_task']:9.2f} {r['peak_rss_gb']:7.2f} {same:>4d}/{len(base['episodes']):<4d} "
               f"{base['wall_s'] / r['wall_s']:7.2f}x")
-    return write_rows(work, rows, f"{args.workers} workers over one process, tasks per hour; "
-                      "s/episode is each episode's own time, which sharing the machine lengthens")
+    last = rows[-1]
+    return write_rows(work, rows, f"{last['workers']} workers x batch {last['batch_size']} over {base['workers']} x "
+                      f"{base['batch_size']}, tasks per hour; s/episode is each episode's own time, which sharing the machine lengthens")
 
 
 def write_rows(work: Path, rows: list[dict], what: str) -> int:
@@ -395,14 +399,15 @@ def write_rows(work: Path, rows: list[dict], what: str) -> int:
 # name -> (rows per generate call, None for --batch-size; reuse the prefix each prompt shares with the one before;
 # processes sharing the cores)
 STEP_CONFIGS = {"batched": (None, False, 1), "one_at_a_time": (1, False, 1), "prefix_reuse": (1, True, 1),
-                "prefix_reuse_workers": (1, True, 2)}
+                "prefix_reuse_workers": (1, True, 2), "batched_prefix_reuse": (None, True, 1),
+                "batched_prefix_reuse_workers": (None, True, 2)}
 
 
 def main_step(args) -> int:
     """Teacher-forced step mode (``evaluate --mode step``), each config back to back on the same steps: batched
-    (``--batch-size``, left-padded), one prompt at a time, one at a time reusing the prefix each prompt shares with the
-    one before (a task's next step is its last prompt plus the gold step and observation), and that in two
-    one-thread worker processes taking tasks as they free up."""
+    (``--batch-size``, left-padded, every prompt prefilled whole), one prompt at a time, reusing the prefix each prompt
+    shares with the one before (a task's next step is its last prompt plus the gold step and observation) one at a
+    time or batched from the rows' own caches, and those in two one-thread worker processes taking tasks as they free up."""
     import torch
     from slmlib import rollout
     from slmlib.data import complexfuncbench

@@ -87,45 +87,60 @@ def gold_trajectory(task: dict) -> list[dict]:
     return msgs
 
 
+@dataclasses.dataclass
+class StepRow:
+    """One task's teacher-forced steps as a row of the batch, predicted in order: each prompt extends the row's one
+    before, so with the row's KV cache it prefills only the gold step and observation that came since."""
+    task: dict
+    turns: list[tuple[list[dict], tbf.Step, int]]  # (history, gold step, position) of each assistant turn
+    grammar: Any
+    cache: rollout.PrefixCache | None
+    steps: list[dict] = dataclasses.field(default_factory=list)
+
+
 def step_records(model, tok, tasks: Iterable[dict], dec: rollout.Decoding, batch_size: int) -> Iterator[dict]:
     """Teacher-forced next-step prediction over every assistant turn of each task's gold trajectory: one record per
-    task (``id``, ``steps``, ``prefix_reuse``) as soon as its last step is predicted. A task is taken from ``tasks``
-    only when the batch has room (a worker's tasks come from a queue), and batches run across task boundaries."""
-    # one prompt at a time, each step's prompt extends the one before: prefill only what is new
+    task (``id``, ``steps``, ``prefix_reuse``) as soon as its last step is predicted. Up to ``batch_size`` tasks run
+    at once, a row each; a task is taken from ``tasks`` only when a row is free (a worker's tasks come from a queue),
+    and takes over the KV cache of the task it replaces (the system prompt and tools they share)."""
     reuse = rollout.reuses_prefix(model, dec, batch_size)
-    cache = rollout.PrefixCache() if reuse else None
-    tasks, pending, steps, left, grammars = iter(tasks), [], {}, {}, {}
+    tasks, active, spare = iter(tasks), [], []
     while True:
-        while len(pending) < batch_size and (task := next(tasks, None)) is not None:
+        while len(active) < batch_size and (task := next(tasks, None)) is not None:
             msgs = gold_trajectory(task)
-            turns = [i for i, m in enumerate(msgs) if m["role"] == "assistant"]
+            turns = [(msgs[:i], tbf.message_step(msgs[i]), k + 1)
+                     for k, i in enumerate(i for i, m in enumerate(msgs) if m["role"] == "assistant")]
             if not turns:
                 yield {"id": task["id"], "steps": [], "prefix_reuse": reuse}
                 continue
-            pending += [(task, msgs[:i], tbf.message_step(msgs[i]), k + 1) for k, i in enumerate(turns)]
-            steps[task["id"]], left[task["id"]] = [], len(turns)
-            grammars[task["id"]] = rollout.task_grammar(task, dec)  # once per task, not per step
-        if not pending:
+            cache = (spare.pop() if spare else rollout.PrefixCache()) if reuse else None
+            active.append(StepRow(task, turns, rollout.task_grammar(task, dec), cache))  # its grammar once, not per step
+        if not active:
             return
-        chunk, pending = pending[:batch_size], pending[batch_size:]
-        prompts = [encode.encode(tbf.prompt_segments({**t, "messages": h}), tok, add_eos=False).input_ids for t, h, _, _ in chunk]
+        prompts = [encode.encode(tbf.prompt_segments({**r.task, "messages": r.turns[len(r.steps)][0]}), tok, add_eos=False).input_ids
+                   for r in active]
         fits = [len(p) + dec.max_new_tokens <= dec.max_context for p in prompts]
-        kept = [(p, grammars[t["id"]]) for p, (t, _, _, _), ok in zip(prompts, chunk, fits) if ok]
-        texts = iter(rollout.generate_steps(model, tok, [p for p, _ in kept], dec, cache=cache,
-                                            grammars=[g.text for _, g in kept] if dec.decoding == "grammar" else None)[0]
+        kept = [(p, r) for p, r, ok in zip(prompts, active, fits) if ok]
+        texts = iter(rollout.generate_steps(model, tok, [p for p, _ in kept], dec, caches=[r.cache for _, r in kept] if reuse else None,
+                                            grammars=[r.grammar.text for _, r in kept] if dec.decoding == "grammar" else None)[0]
                      if kept else [])
-        for (task, _, gold, position), ok in zip(chunk, fits):
+        still = []
+        for row, ok in zip(active, fits):
             text = next(texts) if ok else ""  # a prompt beyond the window counts as a failed step
+            _, gold, position = row.turns[len(row.steps)]
             parsed, guarded = rollout.parse_generated(text)
             valid = isinstance(parsed, tbf.Step)
             name_ok = valid and parsed.action == gold.action
-            steps[task["id"]].append({"id": task["id"], "group": task["group"], "position": position, "raw": text,
-                                      "gold_action": gold.action, "format_valid": valid, "guarded": guarded, "name_match": name_ok,
-                                      "call_match": name_ok and same_value(gold.arguments(), parsed.arguments())})
-            left[task["id"]] -= 1
-            if not left[task["id"]]:
-                del grammars[task["id"]], left[task["id"]]
-                yield {"id": task["id"], "steps": steps.pop(task["id"]), "prefix_reuse": reuse}
+            row.steps.append({"id": row.task["id"], "group": row.task["group"], "position": position, "raw": text,
+                              "gold_action": gold.action, "format_valid": valid, "guarded": guarded, "name_match": name_ok,
+                              "call_match": name_ok and same_value(gold.arguments(), parsed.arguments())})
+            if len(row.steps) < len(row.turns):
+                still.append(row)
+                continue
+            if row.cache is not None:
+                spare.append(row.cache)
+            yield {"id": row.task["id"], "steps": row.steps, "prefix_reuse": reuse}
+        active = still
 
 
 def step_mode(spec: eval_workers.TeacherForced, tasks: list[dict], out: Path, workers: int = 1) -> dict:

@@ -1,7 +1,10 @@
 """The ReAct loop: generate one step, parse it, act in an environment, append the observation.
 
 Episodes run batched: up to ``batch_size`` tasks share each ``generate`` call (left padding), a
-task that finishes leaves the batch and the next waiting task takes its place. Generation of a
+task that finishes leaves the batch and the next waiting task takes its place. Each episode keeps the
+KV cache of its conversation (:class:`PrefixCache`), so a step prefills only what the last one added
+(its step and observation), one episode at a time, and the batch then decodes together from the
+episodes' caches laid side by side. Generation of a
 step stops as soon as its Action Input is a complete JSON object (or the model starts another
 turn, or ends the sequence) instead of running to the token limit. The repeated-key guard ends an
 Action Input at its first repeated top-level key and closes the object there; such steps are marked
@@ -147,7 +150,7 @@ class Decoding:
     max_context: int = 2048
     seed: int = 0
     early_stop: bool = True      # stop each row at its step's end (off: run to the token limit, then cut)
-    reuse_prefix: bool = True    # at batch size 1, keep each episode's KV cache from step to step
+    reuse_prefix: bool = True    # keep each episode's KV cache from step to step
     key_guard: bool = True       # end an Action Input at its first repeated top-level key and close it
     decoding: str = "free"       # "grammar": every step under its task's grammar (slmlib.grammar)
 
@@ -155,18 +158,23 @@ class Decoding:
 class PrefixCache:
     """One episode's KV cache and the token ids it holds.
 
-    Each step's prompt is the previous prompt plus the step and its observation, so a step run
-    alone (a batch of one) prefills only what is new instead of the whole conversation again.
+    Each step's prompt is the previous prompt plus the step and its observation, so a step prefills
+    only what is new instead of the whole conversation again.
     """
 
     def __init__(self):
         self.cache, self.ids = None, []
 
-    def prepare(self, prompt: list[int]):
-        from transformers import DynamicCache
+    def shared(self, prompt: list[int]) -> int:
+        """How many of the prompt's tokens this cache holds (never its last, which is fed anew)."""
         keep = 0
         while keep < min(len(self.ids), len(prompt) - 1) and self.ids[keep] == prompt[keep]:
-            keep += 1  # at least the prompt's last token is fed anew
+            keep += 1
+        return keep
+
+    def prepare(self, prompt: list[int]):
+        from transformers import DynamicCache
+        keep = self.shared(prompt)
         if self.cache is None or keep == 0:
             self.cache = DynamicCache()
         elif self.cache.get_seq_length() > keep:
@@ -176,34 +184,72 @@ class PrefixCache:
     def update(self, sequence: list[int]) -> None:
         self.ids = sequence[:self.cache.get_seq_length()]
 
+    def fill(self, model, prompt: list[int], others: Iterable[PrefixCache] = ()):
+        """The cache of all of ``prompt`` but its last token (a batched step feeds every row's last token). Where
+        another row's cache holds more of the prompt (a task just begun shares the system prompt with the others),
+        that much of it is copied first."""
+        donor = max(others, key=lambda c: c.shared(prompt), default=None)
+        if donor is not None and donor.shared(prompt) > self.shared(prompt):
+            self.cache, self.ids = copy.deepcopy(donor.cache), donor.ids[:donor.shared(prompt)]
+        cache = self.prepare(prompt)
+        held = cache.get_seq_length()
+        if held < len(prompt) - 1:
+            with torch.no_grad():
+                model(input_ids=torch.tensor([prompt[held:-1]], device=model.device),
+                      attention_mask=torch.ones(1, len(prompt) - 1, dtype=torch.long, device=model.device),
+                      cache=cache, use_cache=True)
+        self.ids = prompt[:-1]
+        return cache
 
-def generate_steps(model, tokenizer, prompts: list[list[int]], dec: Decoding, cache: PrefixCache | None = None,
+
+def side_by_side(caches: list, width: int):
+    """One batch's cache from the rows' own: each left-padded to ``width`` tokens (the padding is masked)."""
+    from transformers import DynamicCache
+    batch = DynamicCache()
+    for n in range(len(caches[0].layers)):
+        keys, values = ([torch.nn.functional.pad(getattr(c.layers[n], part), (0, 0, width - c.get_seq_length(), 0))
+                         for c in caches] for part in ("keys", "values"))
+        batch.update(torch.cat(keys), torch.cat(values), n)
+    return batch
+
+
+def row_of(batch, row: int, padding: int):
+    """One row's cache out of a batch's, without its left padding (copied, so the batch's can be freed)."""
+    from transformers import DynamicCache
+    cache = DynamicCache()
+    for n, layer in enumerate(batch.layers):
+        cache.update(layer.keys[row:row + 1, :, padding:].clone(), layer.values[row:row + 1, :, padding:].clone(), n)
+    return cache
+
+
+def generate_steps(model, tokenizer, prompts: list[list[int]], dec: Decoding, caches: list[PrefixCache] | None = None,
                    grammars: list[str] | None = None) -> tuple[list[str], list[int]]:
     """Left-padded batch generation; returns each row's text up to its step end and its token count.
 
-    With ``cache`` (one prompt only) the prefix it shares with the episode's previous step is reused.
-    With ``grammars`` (grammar decoding), each row is decoded under its own grammar.
+    With ``caches`` (one per prompt, each its episode's) the prefix each prompt shares with its episode's
+    previous step is reused. With ``grammars`` (grammar decoding), each row is decoded under its own grammar.
     """
-    if cache is not None and len(prompts) != 1:
-        raise ValueError("a prefix cache serves a batch of one")
+    if caches is not None and (len(caches) != len(prompts) or len({id(c) for c in caches}) != len(caches)):
+        raise ValueError("each prompt of a batch needs a prefix cache of its own")
     width = max(len(p) for p in prompts)
     pad = tokenizer.pad_token_id
     ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=model.device)
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=model.device)
-    kwargs: dict[str, Any] = {"do_sample": dec.temperature > 0}
-    if dec.temperature > 0:
-        kwargs["temperature"] = dec.temperature
-    if dec.early_stop:
-        kwargs["stopping_criteria"] = StoppingCriteriaList([StopAtStepEnd(tokenizer, width, dec.key_guard)])
-    if grammars is not None:
-        kwargs["logits_processor"] = LogitsProcessorList([grammar.GrammarConstraint(tokenizer, width, grammars)])
-    if cache is not None:
-        kwargs["cache"] = cache.prepare(prompts[0])
-    with torch.no_grad():
-        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=dec.max_new_tokens,
-                             pad_token_id=pad, top_p=None, top_k=None, **kwargs)
-    if cache is not None:
-        cache.update(out[0].tolist())
+    processors = LogitsProcessorList([grammar.GrammarConstraint(tokenizer, width, grammars)] if grammars is not None else [])
+    stopping = StoppingCriteriaList([StopAtStepEnd(tokenizer, width, dec.key_guard)] if dec.early_stop else [])
+    if caches is not None and len(prompts) > 1:
+        out = decode_rows(model, ids, mask, prompts, caches, dec, processors, stopping, pad, tokenizer.eos_token_id)
+    else:
+        kwargs: dict[str, Any] = {"do_sample": dec.temperature > 0}
+        if dec.temperature > 0:
+            kwargs["temperature"] = dec.temperature
+        if caches is not None:  # generate prefills what is new into the episode's cache
+            kwargs["cache"] = caches[0].prepare(prompts[0])
+        with torch.no_grad():
+            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=dec.max_new_tokens, pad_token_id=pad,
+                                 top_p=None, top_k=None, logits_processor=processors, stopping_criteria=stopping, **kwargs)
+        if caches is not None:
+            caches[0].update(out[0].tolist())
     texts, counts = [], []
     for row in out[:, width:]:
         row = row.tolist()
@@ -213,6 +259,53 @@ def generate_steps(model, tokenizer, prompts: list[list[int]], dec: Decoding, ca
         texts.append(text[:end] if end is not None else text)
         counts.append(n)
     return texts, counts
+
+
+def decode_rows(model, ids, mask, prompts: list[list[int]], caches: list[PrefixCache], dec: Decoding, processors,
+                stopping, pad: int, eos: int) -> torch.Tensor:
+    """``generate``'s decoding of a left-padded batch whose rows each bring their episode's cache: the caches laid
+    side by side, and a row leaves the batch as soon as it ends, its cache handed back to its episode (``generate``
+    would go on computing it as padding until the last row ends). Returns the rows' ids, as ``generate`` does."""
+    width = ids.shape[1]
+    kv = side_by_side([c.fill(model, p, caches[:row]) for row, (c, p) in enumerate(zip(caches, prompts))], width - 1)
+    live, done = list(range(len(prompts))), torch.zeros(len(prompts), dtype=torch.bool, device=ids.device)
+    feed = ids[:, -1:]
+
+    def hand_back(index: int, row: int) -> None:
+        caches[row].cache = row_of(kv, index, width - len(prompts[row]))
+        caches[row].update(ids[row, width - len(prompts[row]):].tolist())
+
+    for _ in range(dec.max_new_tokens):
+        rows = mask[live]
+        with torch.no_grad():
+            logits = model(input_ids=feed, attention_mask=rows, position_ids=rows.sum(1, keepdim=True) - 1,
+                           cache=kv, use_cache=True).logits[:, -1].float()
+        scores = torch.zeros(len(prompts), logits.shape[-1], device=logits.device)
+        scores[live] = logits
+        scores = processors(ids, scores)
+        if dec.temperature > 0:
+            token = torch.multinomial(torch.softmax(scores / dec.temperature, -1), 1)[:, 0]
+        else:
+            token = scores.argmax(-1)
+        token = torch.where(done, torch.full_like(token, pad), token)  # as generate pads a finished row
+        ids = torch.cat([ids, token[:, None]], 1)
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+        done |= token == eos
+        if len(stopping):
+            done |= stopping(ids, scores)
+        ended = [i for i, row in enumerate(live) if done[row]]
+        for i in ended:
+            hand_back(i, live[i])
+        if ended:
+            keep = [i for i in range(len(live)) if i not in ended]
+            if not keep:
+                return ids
+            kv.batch_select_indices(torch.tensor(keep, device=ids.device))
+            live = [live[i] for i in keep]
+        feed = token[live][:, None]
+    for i, row in enumerate(live):  # at the token limit
+        hand_back(i, row)
+    return ids
 
 
 def parse_generated(raw: str) -> tuple[tbf.Step | tbf.ParseFailure, bool]:
@@ -271,7 +364,7 @@ def model_policy(model, tokenizer, dec: Decoding) -> Policy:
         if ready:
             t0 = time.perf_counter()
             texts, counts = generate_steps(model, tokenizer, prompts, dec,
-                                           cache=episodes[ready[0]].prefix if len(ready) == 1 else None,
+                                           caches=[episodes[i].prefix for i in ready] if episodes[ready[0]].prefix else None,
                                            grammars=[episodes[i].grammar.text for i in ready] if dec.decoding == "grammar" else None)
             share = (time.perf_counter() - t0) / len(ready)
             for i, text, n in zip(ready, texts, counts):
@@ -286,12 +379,17 @@ def scripted(write: Callable[[Episode], str]) -> Policy:
 
 
 def reuses_prefix(model, dec: Decoding, batch_size: int) -> bool:
-    # sliding-window layers (Gemma 3) cannot be cropped back to a shared prefix
-    return batch_size == 1 and dec.reuse_prefix and not getattr(model.config, "sliding_window", None)
+    # sliding-window layers (Gemma 3) cannot be cropped back to a shared prefix. A batch reuses its rows' caches on
+    # a CPU, where prefill is what costs (bench step); a GPU prefills a padded batch in one cheap call, and fills
+    # row by row there are not measured.
+    return (dec.reuse_prefix and not getattr(model.config, "sliding_window", None)
+            and (batch_size == 1 or model.device.type == "cpu"))
 
 
-def new_episode(task: dict, dec: Decoding, reuse: bool = False) -> Episode:
-    return Episode(task, copy.deepcopy(task["messages"]), dec.max_steps, prefix=PrefixCache() if reuse else None,
+def new_episode(task: dict, dec: Decoding, reuse: bool = False, prefix: PrefixCache | None = None) -> Episode:
+    """A task's episode; with ``reuse``, its KV cache is ``prefix`` (a finished episode's: the system prompt and
+    tools they share are not prefilled again) or a new one."""
+    return Episode(task, copy.deepcopy(task["messages"]), dec.max_steps, prefix=(prefix or PrefixCache()) if reuse else None,
                    grammar=task_grammar(task, dec))
 
 
@@ -304,9 +402,10 @@ def play(policy: Policy, tasks: Iterable[dict], env, dec: Decoding, batch_size: 
     """ReAct: roll out every task with ``policy``; yields episodes as they finish (not in input order)."""
     queue = iter(tasks)
     active: list[Episode] = []
+    spare: list[PrefixCache] = []  # finished episodes' caches, handed to the next
     while True:
         while len(active) < batch_size and (task := next(queue, None)) is not None:
-            active.append(new_episode(task, dec, reuse))
+            active.append(new_episode(task, dec, reuse, spare.pop() if spare else None))
         if not active:
             return
         for ep, result in zip(active, policy(active)):
@@ -320,7 +419,9 @@ def play(policy: Policy, tasks: Iterable[dict], env, dec: Decoding, batch_size: 
         still = []
         for ep in active:
             if ep.done:
-                ep.prefix = None  # free its KV cache
+                if ep.prefix is not None:
+                    spare.append(ep.prefix)
+                ep.prefix = None
                 yield ep
             else:
                 still.append(ep)

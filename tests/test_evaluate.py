@@ -157,24 +157,45 @@ def test_prefix_cache_reuses_the_shared_prefix_and_changes_nothing(tiny):
     dec = rollout.Decoding(max_new_tokens=12, early_stop=False, key_guard=False)
     first = tok("Thought: the weather in Paris\nAction: get_weather", add_special_tokens=False).input_ids
     cache = rollout.PrefixCache()
-    text, _ = rollout.generate_steps(model, tok, [first], dec, cache=cache)
+    text, _ = rollout.generate_steps(model, tok, [first], dec, caches=[cache])
     assert cache.ids[:len(first)] == first and len(cache.ids) > len(first)  # prompt and output are cached
     second = cache.ids + tok("\nObservation: sunny, 21 C", add_special_tokens=False).input_ids
     cached = cache.prepare(second)
     assert cached.get_seq_length() == len(cache.ids)  # only the observation is prefilled anew
-    reused, _ = rollout.generate_steps(model, tok, [second], dec, cache=cache)
+    reused, _ = rollout.generate_steps(model, tok, [second], dec, caches=[cache])
     fresh, _ = rollout.generate_steps(model, tok, [second], dec)
     assert reused == fresh and text  # same greedy output as a full prefill
     edited = second[:len(first) - 3] + tok(" Oslo", add_special_tokens=False).input_ids
     assert cache.prepare(edited).get_seq_length() == len(first) - 3  # cropped back to the common prefix
-    with pytest.raises(ValueError, match="batch of one"):
-        rollout.generate_steps(model, tok, [first, first], dec, cache=cache)
+    with pytest.raises(ValueError, match="of its own"):
+        rollout.generate_steps(model, tok, [first, first], dec, caches=[cache, cache])
+
+
+@pytest.mark.parametrize("early_stop", [False, True])
+def test_a_batch_decodes_from_its_episodes_caches_side_by_side(tiny, early_stop):
+    model, tok = tiny
+    dec = rollout.Decoding(max_new_tokens=12, early_stop=early_stop, key_guard=False)
+    texts = ["Thought: the weather in Paris\nAction: get_weather", "User: hi", "Thought: flights from Oslo to Rome on May 1\nAction:"]
+    prompts = [tok(t, add_special_tokens=False).input_ids for t in texts]
+    caches = [rollout.PrefixCache() for _ in prompts]
+    for step in range(2):
+        batched, counts = rollout.generate_steps(model, tok, prompts, dec, caches=caches)
+        alone = [rollout.generate_steps(model, tok, [p], dec)[0][0] for p in prompts]
+        assert batched == alone and all(counts)  # prompts of unequal length: the same greedy text as each alone
+        if early_stop:
+            assert len(set(counts)) > 1  # rows that ended at different tokens: each left the batch when it ended
+        for c, p in zip(caches, prompts):
+            assert c.ids[:len(p)] == p and c.cache.get_seq_length() == len(c.ids) and c.cache.layers[0].keys.shape[0] == 1
+        observation = tok("\nObservation: sunny", add_special_tokens=False).input_ids
+        prompts = [c.ids + observation for c in caches]
+    held = [c.prepare(p).get_seq_length() for c, p in zip(caches, prompts)]
+    assert held == [len(p) - len(observation) for p in prompts]  # each row's next step prefills only its observation
 
 
 def scripted(monkeypatch, outputs):
     """Feed the rollout loop fixed model outputs, to check the loop's bookkeeping exactly."""
     script = iter(outputs)
-    monkeypatch.setattr(rollout, "generate_steps", lambda model, tok, prompts, dec, cache=None, grammars=None:
+    monkeypatch.setattr(rollout, "generate_steps", lambda model, tok, prompts, dec, caches=None, grammars=None:
                         ([next(script) for _ in prompts], [5] * len(prompts)))
 
 
@@ -200,7 +221,7 @@ def test_rollout_loop_acts_observes_and_finishes(monkeypatch, tiny):
 def test_each_row_is_decoded_under_its_own_tasks_grammar(monkeypatch, tiny):
     seen = []
 
-    def generate(model, tok, prompts, dec, cache=None, grammars=None):
+    def generate(model, tok, prompts, dec, caches=None, grammars=None):
         seen.append(grammars)
         return [FINISH_20C] * len(prompts), [5] * len(prompts)
     monkeypatch.setattr(rollout, "generate_steps", generate)
@@ -344,12 +365,14 @@ def slmlib_cli(*args: str) -> subprocess.CompletedProcess:
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
 
-def test_bench_workers_compares_one_process_with_workers(tmp_path):
+def test_bench_workers_compares_one_process_with_workers_and_batches(tmp_path):
     run = slmlib_cli("bench", "workers", "--model", "tiny-opt", "--n-tasks", "3", "--max-steps", "2", "--max-new-tokens", "8",
-                     "--decoding", "free", "--work", str(tmp_path))
+                     "--decoding", "free", "--settings", "1x1", "2x1", "2x2", "--work", str(tmp_path))
     assert run.returncode == 0, run.stderr
     rows = [line.split() for line in run.stdout.splitlines() if line.strip()[:1].isdigit()]
-    assert [r[0] for r in rows] == ["1", "2"] and all(r[6] == "3/3" for r in rows)  # the same greedy episodes
+    assert [r[:2] for r in rows] == [["1", "1"], ["2", "1"], ["2", "2"]] and all(r[7] == "3/3" for r in rows)  # the same greedy episodes
+    bad = slmlib_cli("bench", "workers", "--settings", "2by4")
+    assert bad.returncode == 2 and "is not WORKERSxBATCH" in bad.stderr
     assert "CPU " in run.stdout and run.stdout.splitlines()[-1].startswith("speedup: ")
 
 
@@ -359,8 +382,9 @@ def test_bench_step_compares_batched_with_one_prompt_at_a_time(tmp_path):
     assert run.returncode == 0, run.stderr
     rows = [line.split() for line in run.stdout.splitlines() if line.split()[:1] in ([c] for c in STEP_CONFIGS)]
     assert [(r[0], r[1], r[2]) for r in rows] == [("batched", "2", "1"), ("one_at_a_time", "1", "1"),
-                                                  ("prefix_reuse", "1", "1"), ("prefix_reuse_workers", "1", "2")]
-    assert all(r[7] == "6/6" for r in rows[1:])  # one at a time, the same greedy steps with the prefix reused or not, in workers
+                                                  ("prefix_reuse", "1", "1"), ("prefix_reuse_workers", "1", "2"),
+                                                  ("batched_prefix_reuse", "2", "1"), ("batched_prefix_reuse_workers", "2", "2")]
+    assert all(r[7] == "6/6" for r in rows[1:])  # the same greedy steps with the prefix reused or not, batched or not, in workers
     assert "CPU " in run.stdout and run.stdout.splitlines()[-1].startswith("speedup: ")
 
 
