@@ -3,8 +3,8 @@
 Episodes run batched: up to ``batch_size`` tasks share each ``generate`` call (left padding), a
 task that finishes leaves the batch and the next waiting task takes its place. Each episode keeps the
 KV cache of its conversation (:class:`PrefixCache`), so a step prefills only what the last one added
-(its step and observation), one episode at a time, and the batch then decodes together from the
-episodes' caches laid side by side. Generation of a
+(its step and observation); on a CPU a batch does so one episode at a time and then decodes together
+from the episodes' caches laid side by side (:func:`decode_rows`). Generation of a
 step stops as soon as its Action Input is a complete JSON object (or the model starts another
 turn, or ends the sequence) instead of running to the token limit. The repeated-key guard ends an
 Action Input at its first repeated top-level key and closes the object there; such steps are marked
@@ -188,16 +188,16 @@ class PrefixCache:
         """The cache of all of ``prompt`` but its last token (a batched step feeds every row's last token). Where
         another row's cache holds more of the prompt (a task just begun shares the system prompt with the others),
         that much of it is copied first."""
-        donor = max(others, key=lambda c: c.shared(prompt), default=None)
-        if donor is not None and donor.shared(prompt) > self.shared(prompt):
-            self.cache, self.ids = copy.deepcopy(donor.cache), donor.ids[:donor.shared(prompt)]
+        donor, most = max(((c, c.shared(prompt)) for c in others), key=lambda pair: pair[1], default=(None, 0))
+        if most > self.shared(prompt):
+            self.cache, self.ids = copy.deepcopy(donor.cache), donor.ids[:most]
         cache = self.prepare(prompt)
         held = cache.get_seq_length()
         if held < len(prompt) - 1:
-            with torch.no_grad():
+            with torch.no_grad():  # only the cache is wanted: no logits over the vocabulary for every new token
                 model(input_ids=torch.tensor([prompt[held:-1]], device=model.device),
                       attention_mask=torch.ones(1, len(prompt) - 1, dtype=torch.long, device=model.device),
-                      cache=cache, use_cache=True)
+                      cache=cache, use_cache=True, logits_to_keep=1)
         self.ids = prompt[:-1]
         return cache
 
