@@ -86,7 +86,7 @@ def _evaluate(args) -> int:
                        url=args.url, max_steps=args.max_steps, limit=args.limit, judge_name=args.judge,
                        batch_size=args.batch_size, temperature=args.temperature, max_new_tokens=args.max_new_tokens,
                        seed=args.seed, dtype=args.dtype, judge_model=args.judge_model, key_guard=not args.no_key_guard,
-                       decoding=args.decoding, agent=args.agent, workers=args.workers,
+                       decoding=args.decoding, agent=args.agent, workers=args.workers, lookup_tokens=args.lookup_tokens,
                        search=SearchConfig(width=args.width, chain_steps=args.chain_steps, budget=args.budget))
     print(json.dumps({k: v for k, v in metrics.items() if k not in ("groups", "floors")}, indent=2))
     return 0
@@ -270,6 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "the KV cache of the prefix it shares with its last step")
     ev.add_argument("--workers", type=positive, default=1,
                     help="processes rolling episodes out, each loading the model and taking its share of the cores")
+    ev.add_argument("--lookup-tokens", type=int, default=15,
+                    help="at batch 1, tokens drafted from the context and checked in one forward: the same greedy "
+                    "text in fewer forwards (slmlib.lookup); 0 = one token a forward")
     add_stop_by(ev)
     ev.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; the paper used 0.1")
     ev.add_argument("--max-new-tokens", type=positive, default=256)
@@ -331,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--batch-size", type=positive, default=8)
     be.add_argument("--max-steps", type=int, default=10, help="as evaluate: the paper's budget")
     be.add_argument("--max-new-tokens", type=int, default=256, help="as evaluate")
-    be.add_argument("--configs", nargs="+", default=list(EVAL_CONFIGS),
+    be.add_argument("--configs", nargs="+", choices=list(EVAL_CONFIGS), default=list(EVAL_CONFIGS),
                     help="the first is the baseline the others are compared with")
     be.add_argument("--work", default="/tmp/slmlib-bench-eval")
     be.set_defaults(func=_bench_eval)

@@ -270,11 +270,13 @@ def main(args) -> int:
     return 0
 
 
-# name -> (batched rows, stop at each step's end, reuse each episode's KV cache, decoding)
-EVAL_CONFIGS = {"one_at_a_time": (1, False, False, "free"), "batched": (None, True, False, "free"),
-                "prefix_reuse": (1, True, True, "free"), "batched_prefix_reuse": (None, True, True, "free"),
-                "grammar": (1, True, True, "grammar"), "batched_grammar": (None, True, False, "grammar"),
-                "batched_prefix_reuse_grammar": (None, True, True, "grammar")}
+# name -> (batched rows, stop at each step's end, reuse each episode's KV cache, decoding, draft tokens a forward)
+EVAL_CONFIGS = {"one_at_a_time": (1, False, False, "free", 0), "batched": (None, True, False, "free", 0),
+                "prefix_reuse": (1, True, True, "free", 0), "batched_prefix_reuse": (None, True, True, "free", 0),
+                "prefix_reuse_lookup": (1, True, True, "free", 15),
+                "grammar": (1, True, True, "grammar", 0), "batched_grammar": (None, True, False, "grammar", 0),
+                "batched_prefix_reuse_grammar": (None, True, True, "grammar", 0),
+                "grammar_lookup": (1, True, True, "grammar", 15)}
 
 
 def eval_one(spec: dict) -> dict:
@@ -283,9 +285,9 @@ def eval_one(spec: dict) -> dict:
     from slmlib.schema import read_jsonl
     model, tok = models.load(spec["model"])
     tasks = read_jsonl(spec["tasks_file"])
-    rows, early_stop, reuse, decoding = EVAL_CONFIGS[spec["config"]]
-    dec = rollout.Decoding(max_steps=spec["max_steps"], max_new_tokens=spec["max_new_tokens"],
-                           early_stop=early_stop, reuse_prefix=reuse, decoding=decoding, max_context=8192)
+    rows, early_stop, reuse, decoding, lookup_tokens = EVAL_CONFIGS[spec["config"]]
+    dec = rollout.Decoding(max_steps=spec["max_steps"], max_new_tokens=spec["max_new_tokens"], early_stop=early_stop,
+                           reuse_prefix=reuse, decoding=decoding, max_context=8192, lookup_tokens=lookup_tokens)
     t0 = time.perf_counter()
     eps = list(rollout.run(model, tok, tasks, envs.make("replay"), dec, batch_size=rows or spec["batch_size"]))
     wall = time.perf_counter() - t0
@@ -336,13 +338,13 @@ def main_eval(args) -> int:
     print(f"model {args.model}, {len(tasks)} ComplexFuncBench test tasks, replay, greedy, <= {args.max_steps} steps, "
           f"<= {args.max_new_tokens} new tokens a step, batch {args.batch_size}; baseline {base['config']}; "
           f"CPU {cpu_capability()}")
-    print(f"{'config':18} {'tasks/s':>8} {'s/task':>8} {'steps':>6} {'new tok':>8} {'ms/tok':>7} {'RSS GB':>7} "
+    print(f"{'config':28} {'tasks/s':>8} {'s/task':>8} {'steps':>6} {'new tok':>8} {'ms/tok':>7} {'RSS GB':>7} "
           f"{'identical':>9} {'where valid':>11} {'speedup':>8} {'per token':>9}")
     for r in results:
         same = sum(base["outputs"][k] == r["outputs"].get(k) for k in base["outputs"])
         same_valid = sum(base["outputs"][k] == r["outputs"].get(k) for k in valid)
         per_token = 1000 * r["wall_s"] / max(r["new_tokens"], 1)
-        print(f"{r['config']:18} {r['tasks_per_s']:8.4f} {r['seconds_per_task']:8.2f} {r['steps']:6d} {r['new_tokens']:8d} "
+        print(f"{r['config']:28} {r['tasks_per_s']:8.4f} {r['seconds_per_task']:8.2f} {r['steps']:6d} {r['new_tokens']:8d} "
               f"{per_token:7.1f} {r['peak_rss_gb']:7.2f} {same:>4d}/{len(base['outputs']):<4d} {same_valid:>5d}/{len(valid):<5d} "
               f"{r['tasks_per_s'] / base['tasks_per_s']:7.2f}x {per_token / (1000 * base['wall_s'] / max(base['new_tokens'], 1)):8.2f}x")
     (work / "results.json").write_text(json.dumps(results, indent=2))
@@ -398,9 +400,10 @@ def write_rows(work: Path, rows: list[dict], what: str) -> int:
 
 # name -> (rows per generate call, None for --batch-size; reuse the prefix each prompt shares with the one before;
 # processes sharing the cores)
-STEP_CONFIGS = {"batched": (None, False, 1), "one_at_a_time": (1, False, 1), "prefix_reuse": (1, True, 1),
-                "prefix_reuse_workers": (1, True, 2), "batched_prefix_reuse": (None, True, 1),
-                "batched_prefix_reuse_workers": (None, True, 2)}
+STEP_CONFIGS = {"batched": (None, False, 1, 0), "one_at_a_time": (1, False, 1, 0), "prefix_reuse": (1, True, 1, 0),
+                "prefix_reuse_workers": (1, True, 2, 0), "batched_prefix_reuse": (None, True, 1, 0),
+                "batched_prefix_reuse_workers": (None, True, 2, 0), "prefix_reuse_lookup": (1, True, 1, 15),
+                "prefix_reuse_lookup_workers": (1, True, 2, 15)}
 
 
 def main_step(args) -> int:
@@ -418,8 +421,9 @@ def main_step(args) -> int:
     tasks = (read_jsonl(args.tasks) if args.tasks else list(complexfuncbench.tasks("test")))[:args.n_tasks]
     rows = []
     for config in args.configs:
-        rows_per_call, reuse, workers = STEP_CONFIGS[config]
-        dec = rollout.Decoding(max_new_tokens=args.max_new_tokens, reuse_prefix=reuse, decoding=args.decoding)
+        rows_per_call, reuse, workers, lookup_tokens = STEP_CONFIGS[config]
+        dec = rollout.Decoding(max_new_tokens=args.max_new_tokens, reuse_prefix=reuse, decoding=args.decoding,
+                               lookup_tokens=lookup_tokens)
         spec = TeacherForced(args.model, None, "float32", dec, rows_per_call or args.batch_size)
         t0 = time.perf_counter()
         m = step_mode(spec, tasks, work / config, workers)
@@ -431,11 +435,11 @@ def main_step(args) -> int:
     print(f"model {args.model}, {len(tasks)} tasks ({args.tasks or 'ComplexFuncBench test'}), {base['steps']} steps, "
           f"{args.decoding} decoding, greedy, <= {args.max_new_tokens} new tokens a step; baseline {base['config']}; "
           f"CPU {cpu_capability()}, {torch.get_num_threads()} threads")
-    print(f"{'config':20} {'batch':>5} {'workers':>7} {'wall s':>8} {'s/step':>7} {'call match':>10} {'RSS GB':>7} "
+    print(f"{'config':28} {'batch':>5} {'workers':>7} {'wall s':>8} {'s/step':>7} {'call match':>10} {'RSS GB':>7} "
           f"{'identical':>9} {'speedup':>8}")
     for r in rows:
         same = sum(a == b for a, b in zip(base["raws"], r["raws"]))
-        print(f"{r['config']:20} {r['batch_size']:5d} {r['workers']:7d} {r['wall_s']:8.1f} {r['wall_s'] / r['steps']:7.2f} "
+        print(f"{r['config']:28} {r['batch_size']:5d} {r['workers']:7d} {r['wall_s']:8.1f} {r['wall_s'] / r['steps']:7.2f} "
               f"{r['call_match']:10.1%} {r['peak_rss_gb']:7.2f} {same:>4d}/{r['steps']:<4d} {base['wall_s'] / r['wall_s']:7.2f}x")
     return write_rows(work, rows, f"{rows[-1]['config']} over {base['config']}, steps per second")
 

@@ -226,14 +226,14 @@ def evaluate(model: str, tasks_file: str | Path, out_dir: str | Path, *, adapter
              limit: int = -1, judge_name: str = "offline", batch_size: int = 8, temperature: float = 0.0,
              max_new_tokens: int = 256, seed: int = 0, dtype: str = "float32", judge_model: str | None = None,
              key_guard: bool = True, decoding: str = "free", agent: str = "react",
-             search: SearchConfig = SearchConfig(), workers: int = 1) -> dict[str, Any]:
+             search: SearchConfig = SearchConfig(), workers: int = 1, lookup_tokens: int = 15) -> dict[str, Any]:
     tasks = read_jsonl(tasks_file)  # a malformed file stops here, before any model loads
     if limit >= 0:
         tasks = tasks[:limit]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     dec = rollout.Decoding(max_steps=max_steps, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
-                           key_guard=key_guard, decoding=decoding)
+                           key_guard=key_guard, decoding=decoding, lookup_tokens=lookup_tokens)
     if mode == "step":
         return step_mode(eval_workers.TeacherForced(model, adapter, dtype, dec, batch_size), tasks, out, workers)
     settings = {"env": env, "max_steps": max_steps, "max_new_tokens": max_new_tokens, "temperature": temperature,
@@ -329,4 +329,4 @@ def profile_settings(profile, **overrides: Any) -> dict[str, Any]:
     e = profile.eval
     return dict(max_steps=e.max_steps, batch_size=e.batch_size, temperature=e.temperature, max_new_tokens=e.max_new_tokens,
                 dtype=profile.model.dtype, seed=profile.seed, key_guard=e.key_guard, decoding=e.decoding, agent=e.agent, search=e.search,
-                env=e.env, workers=e.workers) | overrides
+                env=e.env, workers=e.workers, lookup_tokens=e.lookup_tokens) | overrides

@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
-from slmlib import encode, grammar, judge
+from slmlib import encode, grammar, judge, lookup
 from slmlib import toolbench_format as tbf
 from slmlib.errors import ErrorLabel
 from slmlib.schema import FINISH
@@ -153,6 +153,7 @@ class Decoding:
     reuse_prefix: bool = True    # keep each episode's KV cache from step to step
     key_guard: bool = True       # end an Action Input at its first repeated top-level key and close it
     decoding: str = "free"       # "grammar": every step under its task's grammar (slmlib.grammar)
+    lookup_tokens: int = 15      # a batch of one with its episode's cache drafts this many tokens a forward (slmlib.lookup); 0: off
 
 
 class PrefixCache:
@@ -239,6 +240,11 @@ def generate_steps(model, tokenizer, prompts: list[list[int]], dec: Decoding, ca
     stopping = StoppingCriteriaList([StopAtStepEnd(tokenizer, width, dec.key_guard)] if dec.early_stop else [])
     if caches is not None and len(prompts) > 1:
         out = decode_rows(model, ids, mask, prompts, caches, dec, processors, stopping, pad, tokenizer.eos_token_id)
+    elif caches is not None and dec.lookup_tokens > 0:
+        out = lookup.decode(model, prompts[0], caches[0].prepare(prompts[0]), max_new_tokens=dec.max_new_tokens,
+                            temperature=dec.temperature, tokens=dec.lookup_tokens, processors=processors,
+                            stopping=stopping, eos=tokenizer.eos_token_id)
+        caches[0].update(out[0].tolist())
     else:
         kwargs: dict[str, Any] = {"do_sample": dec.temperature > 0}
         if dec.temperature > 0:

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from slmlib import envs, judge, rollout, schema, tooleval
+from slmlib import envs, judge, lookup, rollout, schema, tooleval
 from slmlib.bench import STEP_CONFIGS
 from slmlib.errors import ErrorLabel
 from slmlib.evaluate import SettingsChanged, evaluate, profile_settings, step_metrics
@@ -190,6 +190,44 @@ def test_a_batch_decodes_from_its_episodes_caches_side_by_side(tiny, early_stop)
         prompts = [c.ids + observation for c in caches]
     held = [c.prepare(p).get_seq_length() for c, p in zip(caches, prompts)]
     assert held == [len(p) - len(observation) for p in prompts]  # each row's next step prefills only its observation
+
+
+def test_a_draft_is_what_followed_the_latest_match_of_the_last_tokens():
+    ids = [1, 2, 3, 9, 9, 1, 2, 3, 7, 8, 5, 1, 2, 3]
+    assert lookup.draft(ids, 2) == [7, 8]  # the latest earlier [1, 2, 3], not the first
+    assert lookup.draft(ids, 15) == [7, 8, 5, 1, 2, 3]  # up to the end of what is known
+    assert lookup.draft([4, 1, 2, 3, 6, 0, 1, 2, 3], 3) == [6, 0, 1]  # a shorter match where the longest has none
+    assert lookup.draft([5, 1, 2, 6, 1, 2], 3) == []  # two tokens do not make a match
+    assert lookup.draft([1, 2, 3], 4) == lookup.draft(ids, 0) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("decoding", ["free", "grammar"])
+def test_prompt_lookup_writes_generates_text_in_fewer_forwards(data_root, decoding):
+    """Greedy, several tokens a forward give the text of one at a time, step after step of an episode's cache."""
+    from slmlib import data, encode, grammar, models
+    from slmlib import toolbench_format as tbf
+    from slmlib.evaluate import gold_trajectory
+    model, tok = models.load("smollm2-135m-instruct")
+    t = next(iter(data.load("complexfuncbench", data_root, "test")))
+    gold = gold_trajectory(t)
+    histories = [gold[:i] for i, m in enumerate(gold) if m["role"] == "assistant"][:2]  # each extends the one before
+    forwards = []
+    hook = model.register_forward_hook(lambda module, args, out: forwards.append(1))
+    grammars = [grammar.for_task(t, 48).text] if decoding == "grammar" else None
+    texts, calls = {}, {}
+    for tokens in (0, 15):
+        dec = rollout.Decoding(max_new_tokens=48, decoding=decoding, lookup_tokens=tokens)
+        cache, forwards[:] = rollout.PrefixCache(), []
+        for messages in histories:  # a step, then the next from the same cache after the gold step and its observation
+            prompt = encode.encode(tbf.prompt_segments({**t, "messages": messages}), tok, add_eos=False).input_ids
+            (text,), (n,) = rollout.generate_steps(model, tok, [prompt], dec, caches=[cache], grammars=grammars)
+            assert cache.ids[:len(prompt)] == prompt and cache.cache.get_seq_length() == len(cache.ids) == len(prompt) + n - 1
+            texts.setdefault(tokens, []).append((text, n))
+        calls[tokens] = len(forwards)
+    hook.remove()
+    assert texts[15] == texts[0] and len(texts[0]) == 2 and sum(n for _, n in texts[0]) > 20, texts
+    assert calls[15] < 0.8 * calls[0], calls  # drafts were kept: fewer forwards for the same tokens
 
 
 def scripted(monkeypatch, outputs):
@@ -383,8 +421,10 @@ def test_bench_step_compares_batched_with_one_prompt_at_a_time(tmp_path):
     rows = [line.split() for line in run.stdout.splitlines() if line.split()[:1] in ([c] for c in STEP_CONFIGS)]
     assert [(r[0], r[1], r[2]) for r in rows] == [("batched", "2", "1"), ("one_at_a_time", "1", "1"),
                                                   ("prefix_reuse", "1", "1"), ("prefix_reuse_workers", "1", "2"),
-                                                  ("batched_prefix_reuse", "2", "1"), ("batched_prefix_reuse_workers", "2", "2")]
-    assert all(r[7] == "6/6" for r in rows[1:])  # the same greedy steps with the prefix reused or not, batched or not, in workers
+                                                  ("batched_prefix_reuse", "2", "1"), ("batched_prefix_reuse_workers", "2", "2"),
+                                                  ("prefix_reuse_lookup", "1", "1"), ("prefix_reuse_lookup_workers", "1", "2")]
+    assert all(r[7] == "6/6" for r in rows[1:])  # the same greedy steps with the prefix reused or not, batched or not, in
+    # workers, with drafts or not
     assert "CPU " in run.stdout and run.stdout.splitlines()[-1].startswith("speedup: ")
 
 
