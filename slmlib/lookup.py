@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-LONGEST, SHORTEST = 4, 3  # n-gram sizes matched, longest first; shorter matches were measured to guess worse
+LONGEST, SHORTEST = 4, 3  # n-gram sizes matched, longest first; a match of one or two tokens is mostly chance
 
 
 def draft(ids: list[int], tokens: int, longest: int = LONGEST, shortest: int = SHORTEST) -> list[int]:
