@@ -83,11 +83,12 @@ def package_versions(names: Iterable[str] = PACKAGES) -> dict[str, str | None]:
 
 def device_info() -> dict[str, Any]:
     import torch
+    from slmlib.train import cpu_bf16_native
     info = {"platform": platform.platform(), "python": platform.python_version(),
             "cpu_count": os.cpu_count(), "cuda": torch.cuda.is_available(),
             # speeds depend on it: bf16 is native with AVX-512-BF16 / AMX, emulated (many times slower) elsewhere
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "cpu_bf16_native": torch.ops.mkldnn._is_mkldnn_bf16_supported()}
+            "cpu_bf16_native": cpu_bf16_native()}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info

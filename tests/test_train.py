@@ -59,7 +59,7 @@ def test_smoke_profile_trains_from_the_cli(tmp_path):
     card = (model_dir / "README.md").read_text()
     assert "tiny-opt" in card and "final training loss" in card
     # smoke leaves the precision to auto: bf16 where this CPU has it natively, fp32 where it would be emulated
-    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    native = train.cpu_bf16_native()
     assert summary["precision"] == ("bf16" if native else "fp32")
     assert torch.backends.cpu.get_cpu_capability() in summary["precision_reason"] and summary["precision_reason"] in card
     model, tok = models.load(str(model_dir))
@@ -72,8 +72,12 @@ def test_smoke_profile_trains_from_the_cli(tmp_path):
 
 def test_auto_precision_takes_bf16_only_where_the_hardware_has_it(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    for native, chosen, words in ((True, "bf16", "with native bf16"), (False, "fp32", "without native (emulated) bf16")):
-        monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native)
+    # oneDNN says it supports bf16 on an AVX-512 CPU that only emulates it: the CPU's own flags decide
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    for avx512_bf16, amx, chosen, words in ((True, False, "bf16", "with native bf16"), (False, True, "bf16", "with native bf16"),
+                                            (False, False, "fp32", "without native (emulated) bf16")):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
         precision, why = train.choose_precision("auto")
         assert precision == chosen and why == f"{chosen} by auto: CPU {torch.backends.cpu.get_cpu_capability()} {words}"
     assert train.choose_precision("bf16") == ("bf16", f"bf16 as the profile sets; CPU {torch.backends.cpu.get_cpu_capability()} "
