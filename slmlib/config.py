@@ -107,6 +107,7 @@ class EvalConfig:
     workers: int = 1                       # processes rolling episodes out, the cores shared among them (slmlib.eval_workers)
     key_guard: bool = True                 # end an Action Input at its first repeated key (slmlib.rollout)
     lookup_tokens: int = 15                # at batch 1, tokens drafted from the context and checked in one forward (slmlib.lookup); 0 = off
+    fit_window: int = 0                    # a prompt past this many tokens (less a step) shows older observations cut, as training fitted them; 0 = off
     decoding: Decoding = "free"            # "grammar": every step under its task's grammar (slmlib.grammar)
     decodings: list[Decoding] = field(default_factory=list)  # every model also evaluated with these; [] = decoding alone
     baselines: list[str] = field(default_factory=lambda: ["smollm2-135m-instruct", "gemma-3-270m"])

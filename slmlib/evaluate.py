@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from slmlib import deadline, encode, envs, eval_workers, floors, judge, models, rollout
+from slmlib import deadline, envs, eval_workers, floors, judge, models, rollout
 from slmlib import toolbench_format as tbf
 from slmlib.config import ConfigError, SearchConfig
 from slmlib.run import atomic_write_json, atomic_write_text, read_json
@@ -117,8 +117,7 @@ def step_records(model, tok, tasks: Iterable[dict], dec: rollout.Decoding, batch
             active.append(StepRow(task, turns, rollout.task_grammar(task, dec), cache))  # its grammar once, not per step
         if not active:
             return
-        prompts = [encode.encode(tbf.prompt_segments({**r.task, "messages": r.turns[len(r.steps)][0]}), tok, add_eos=False).input_ids
-                   for r in active]
+        prompts = [rollout.prompt_ids({**r.task, "messages": r.turns[len(r.steps)][0]}, tok, dec) for r in active]
         fits = [len(p) + dec.max_new_tokens <= dec.max_context for p in prompts]
         kept = [(p, r) for p, r, ok in zip(prompts, active, fits) if ok]
         texts = iter(rollout.generate_steps(model, tok, [p for p, _ in kept], dec, caches=[r.cache for _, r in kept] if reuse else None,
@@ -157,6 +156,7 @@ def step_mode(spec: eval_workers.TeacherForced, tasks: list[dict], out: Path, wo
     n = len(results)
     metrics = {"mode": "step", "n_tasks": len(tasks), **step_metrics(results), "batch_size": spec.batch_size,
                "prefix_reuse": any(r["prefix_reuse"] for r in records.values()), "workers": workers,
+               "fit_window": spec.dec.fit_window,
                "seconds_per_step": seconds / n if n else 0.0, **peak}
     atomic_write_json(out / "metrics.json", metrics)
     return metrics
@@ -226,20 +226,23 @@ def evaluate(model: str, tasks_file: str | Path, out_dir: str | Path, *, adapter
              limit: int = -1, judge_name: str = "offline", batch_size: int = 8, temperature: float = 0.0,
              max_new_tokens: int = 256, seed: int = 0, dtype: str = "float32", judge_model: str | None = None,
              key_guard: bool = True, decoding: str = "free", agent: str = "react",
-             search: SearchConfig = SearchConfig(), workers: int = 1, lookup_tokens: int = 15) -> dict[str, Any]:
+             search: SearchConfig = SearchConfig(), workers: int = 1, lookup_tokens: int = 15,
+             fit_window: int = 0) -> dict[str, Any]:
     tasks = read_jsonl(tasks_file)  # a malformed file stops here, before any model loads
     if limit >= 0:
         tasks = tasks[:limit]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     dec = rollout.Decoding(max_steps=max_steps, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
-                           key_guard=key_guard, decoding=decoding, lookup_tokens=lookup_tokens)
+                           key_guard=key_guard, decoding=decoding, lookup_tokens=lookup_tokens, fit_window=fit_window)
     if mode == "step":
         return step_mode(eval_workers.TeacherForced(model, adapter, dtype, dec, batch_size), tasks, out, workers)
     settings = {"env": env, "max_steps": max_steps, "max_new_tokens": max_new_tokens, "temperature": temperature,
                 "seed": seed, "dtype": dtype, "key_guard": key_guard, "decoding": decoding}
     if agent != "react":  # absent = react, so the episodes of earlier runs still resume
         settings |= {"agent": agent, "search": dataclasses.asdict(search)}
+    if fit_window:  # absent = off, likewise
+        settings |= {"fit_window": fit_window, "history_chars": dec.history_chars}
     preds = out / "predictions.jsonl"
     skip = done_ids(preds)
     keep_settings(out, settings, resuming=bool(skip))  # before the model loads: other settings stop at once
@@ -329,4 +332,4 @@ def profile_settings(profile, **overrides: Any) -> dict[str, Any]:
     e = profile.eval
     return dict(max_steps=e.max_steps, batch_size=e.batch_size, temperature=e.temperature, max_new_tokens=e.max_new_tokens,
                 dtype=profile.model.dtype, seed=profile.seed, key_guard=e.key_guard, decoding=e.decoding, agent=e.agent, search=e.search,
-                env=e.env, workers=e.workers, lookup_tokens=e.lookup_tokens) | overrides
+                env=e.env, workers=e.workers, lookup_tokens=e.lookup_tokens, fit_window=e.fit_window) | overrides

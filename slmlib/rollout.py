@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
-from slmlib import encode, grammar, judge, lookup
+from slmlib import budget, encode, grammar, judge, lookup
 from slmlib import toolbench_format as tbf
 from slmlib.errors import ErrorLabel
 from slmlib.schema import FINISH
@@ -154,6 +154,8 @@ class Decoding:
     key_guard: bool = True       # end an Action Input at its first repeated top-level key and close it
     decoding: str = "free"       # "grammar": every step under its task's grammar (slmlib.grammar)
     lookup_tokens: int = 15      # a batch of one with its episode's cache drafts this many tokens a forward (slmlib.lookup); 0: off
+    fit_window: int = 0          # a prompt that leaves a step less room than this has its older observations cut (0: off)
+    history_chars: int = 256     # ... to this many characters, as training fits a trajectory (slmlib.budget)
 
 
 class PrefixCache:
@@ -356,13 +358,26 @@ def advance(ep: Episode, raw: str, env) -> None:
 Policy = Callable[[list[Episode]], list[tuple[str, int, float] | None]]
 
 
+def prompt_ids(state: dict, tokenizer, dec: Decoding) -> list[int]:
+    """The prompt of a conversation's next step. With ``dec.fit_window`` (the training window), a prompt and step
+    that would not fit it have every observation but the last cut to ``dec.history_chars``, as training cut the
+    histories that did not fit (:func:`slmlib.budget.fit`): the model is not shown contexts longer, and older
+    observations longer, than any it learned from."""
+    ids = encode.encode(tbf.prompt_segments(state), tokenizer, add_eos=False).input_ids
+    if dec.fit_window and len(ids) + dec.max_new_tokens > dec.fit_window:
+        short = {**state, "messages": copy.deepcopy(state["messages"])}
+        if budget.shorten_history(short, dec.history_chars):
+            ids = encode.encode(tbf.prompt_segments(short), tokenizer, add_eos=False).input_ids
+    return ids
+
+
 def model_policy(model, tokenizer, dec: Decoding) -> Policy:
     """The model's next step for each episode, one ``generate`` call for the whole batch (seeded here)."""
     torch.manual_seed(dec.seed)
     def steps(episodes: list[Episode]) -> list[tuple[str, int, float] | None]:
         prompts, ready = [], []
         for i, ep in enumerate(episodes):
-            ids = encode.encode(tbf.prompt_segments(ep.state()), tokenizer, add_eos=False).input_ids
+            ids = prompt_ids(ep.state(), tokenizer, dec)
             if len(ids) + dec.max_new_tokens <= dec.max_context:
                 prompts.append(ids)
                 ready.append(i)

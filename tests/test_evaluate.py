@@ -201,6 +201,29 @@ def test_a_draft_is_what_followed_the_latest_match_of_the_last_tokens():
     assert lookup.draft([1, 2, 3], 4) == lookup.draft(ids, 0) == []
 
 
+def test_a_prompt_past_the_training_window_has_its_older_observations_cut(data_root):
+    """As training fitted a long trajectory: every observation but the last cut to 256 characters, nothing else."""
+    from slmlib import data, encode, models
+    from slmlib import toolbench_format as tbf
+    from slmlib.evaluate import gold_trajectory
+    tok = models.load_tokenizer("smollm2-135m-instruct")
+    def before_last_step(t):
+        gold = gold_trajectory(t)
+        return gold, {**t, "messages": gold[:max(i for i, m in enumerate(gold) if m["role"] == "assistant")]}
+    gold, state = next(before_last_step(t) for t in data.load("complexfuncbench", data_root, "test")
+                       if any(len(m["content"]) > 300 for m in before_last_step(t)[1]["messages"][:-1] if m["role"] == "tool"))
+    whole = encode.encode(tbf.prompt_segments(state), tok, add_eos=False).input_ids
+    assert rollout.prompt_ids(state, tok, rollout.Decoding()) == whole  # off by default
+    assert rollout.prompt_ids(state, tok, rollout.Decoding(fit_window=len(whole) + 256)) == whole  # it fits: unchanged
+    fitted = rollout.prompt_ids(state, tok, rollout.Decoding(fit_window=len(whole) + 255))
+    observations = [m["content"] for m in state["messages"] if m["role"] == "tool"]
+    cut = [o[:256] + "..." if len(o) > 259 else o for o in observations[:-1]] + observations[-1:]
+    shown = [m for m in state["messages"] if m["role"] != "tool"]
+    expected = {**state, "messages": [{**m, "content": cut.pop(0)} if m["role"] == "tool" else shown.pop(0) for m in state["messages"]]}
+    assert fitted == encode.encode(tbf.prompt_segments(expected), tok, add_eos=False).input_ids
+    assert len(fitted) < len(whole) and state["messages"] == gold[:len(state["messages"])]  # the episode's own messages kept
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("decoding", ["free", "grammar"])
 def test_prompt_lookup_writes_generates_text_in_fewer_forwards(data_root, decoding):
