@@ -36,6 +36,8 @@ class TrimStats:
     tools_removed: int = 0
     steps_removed: int = 0
     tokens: Counter = field(default_factory=Counter)  # "before" / "after" totals
+    calls_before: Counter = field(default_factory=Counter)  # tool calls by position ("1", "2", "3", "4+"), as given
+    calls_kept: Counter = field(default_factory=Counter)    # and as fitted: what dropping the last steps costs the later calls
 
     def merge(self, other: "TrimStats") -> None:
         for k, v in other.__dict__.items():
@@ -107,6 +109,11 @@ def drop_last_step(task: dict) -> bool:
     return True
 
 
+def calls_by_position(task: dict) -> Counter:
+    """The trajectory's tool calls (Finish excluded) counted by their position in it: 1, 2, 3, 4 and later."""
+    return Counter(str(k) if k < 4 else "4+" for k in range(1, len(called_tools(task)) + 1))
+
+
 def make_counter(tokenizer):
     """Token length of rendered segments; segments are cached (system prompts repeat a lot)."""
     @lru_cache(maxsize=65536)
@@ -127,6 +134,7 @@ def fit(task: dict, count, max_length: int, *, loss_on: str = "last", max_observ
     length = lambda: count(tbf.segments(task, loss_on))  # noqa: E731
     before = length()
     stats.tokens["before"] += before
+    stats.calls_before.update(calls_by_position(task))
     stats.observations_cut += truncate_observations(task, max_observation_chars)
     n = length()
     if n > max_length and needed_tools(task):
@@ -144,4 +152,5 @@ def fit(task: dict, count, max_length: int, *, loss_on: str = "last", max_observ
         return None
     stats.fitted += 1
     stats.tokens["after"] += n
+    stats.calls_kept.update(calls_by_position(task))
     return task

@@ -42,6 +42,13 @@ def length_report(tasks: list[dict], count, max_length: int, loss_on: str) -> di
             "calls_per_task": percentiles(len(called_tools(t)) for t in tasks), "fit": stats.as_dict()}
 
 
+def calls_kept(report: dict) -> dict[str, dict[str, str]]:
+    """Per training source, its tool calls kept by the window out of those given, by position (``"3 of 5"``): a cut
+    trajectory loses its last steps, so the later calls, built from earlier observations, are the ones it loses."""
+    return {name: {p: f"{v['calls_kept'].get(p, 0)} of {v['calls_before'][p]}" for p in ("1", "2", "3", "4+")
+                   if p in v["calls_before"]} for name, v in report["sources"].items()}
+
+
 def file_stats(path: str | Path, tokenizer: str, max_length: int = 2048, loss_on: str = "all") -> dict:
     from slmlib.models import load_tokenizer
     count = budget.make_counter(load_tokenizer(tokenizer))

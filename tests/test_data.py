@@ -141,6 +141,10 @@ def test_fit_with_loss_on_every_turn_keeps_a_prefix(smol_tokenizer, cfb):
     kept = calls(fitted)
     assert kept == calls(long)[:len(kept)] and fitted["messages"][-1]["role"] == "assistant"
     assert fitted["messages"][-1]["tool_calls"][0]["function"]["name"] != "Finish"
+    n_long, n_kept = len(schema.called_tools(long)), len(schema.called_tools(fitted))  # the stats count what the cut cost by position
+    position = lambda k: str(k) if k < 4 else "4+"  # noqa: E731
+    assert stats.calls_before == Counter(position(k) for k in range(1, n_long + 1))
+    assert stats.calls_kept == Counter(position(k) for k in range(1, n_kept + 1)) and n_kept < n_long
     fits = [(budget.fit(t, count, 2048, loss_on="all"), t) for t in cfb[0][:40]]
     assert sum(f is not None for f, _ in fits) >= 30
     assert all(calls(f)[0] == calls(t)[0] for f, t in fits if f is not None)  # the first call always stays
