@@ -23,7 +23,7 @@ from transformers import TrainerCallback, set_seed
 from slmlib import curve, deadline, encode, memory, models
 from slmlib import toolbench_format as tbf
 from slmlib.config import Profile, TrainConfig
-from slmlib.run import RunExists, atomic_write_json, atomic_write_text, read_json
+from slmlib.run import RunExists, atomic_write_json, atomic_write_text, cpu_bf16_native, read_json
 from slmlib.schema import iter_jsonl
 
 log = logging.getLogger(__name__)
@@ -61,14 +61,6 @@ def per_step_rows(tasks) -> list[dict]:
             if m["role"] == "assistant":
                 out.append({**task, "id": f"{task['id']}#{i}", "messages": msgs[: i + 1]})
     return out
-
-
-def cpu_bf16_native() -> bool:
-    """Whether this CPU computes bf16 in hardware (AVX-512-BF16 or AMX tiles). oneDNN's own
-    ``_is_mkldnn_bf16_supported`` is also true on AVX-512 CPUs without either (it emulates bf16 there): on such
-    an Intel Xeon a bf16 matmul of the model's shapes ran 3.0x slower than fp32, a linear layer's forward and
-    backward under autocast 2.5x."""
-    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
 def choose_precision(requested: str) -> tuple[str, str]:
