@@ -37,7 +37,10 @@ from slmlib.schema import FINISH
 log = logging.getLogger(__name__)
 
 THOUGHT_TOKENS = 96     # p90 of the training thoughts is ~130 tokens; the step's whole budget is 256 by default
-STRING_CHARS = 256      # the longest argument string in the training mix has 153 characters
+# A string gets as many characters as the step has tokens, at least 256: at one character a token it fills the step
+# and no more. ComplexFuncBench's calls copy base64 keys of up to 710 characters (380-570 tokens of Action Input):
+# 107 of its 980 test calls need a step budget (eval.max_new_tokens) of about 640 to be writable at all.
+STRING_CHARS = 256
 ARRAY_ITEMS = 16        # the longest argument array in the training mix has 8 items
 # Numbers are bounded too, or a weak model writes digits until the token limit: 16 integer digits, 8 decimals.
 NUMBER_BOUND, DECIMALS = 10 ** 15, 1e-8
@@ -65,7 +68,7 @@ def _fits(value: Any, json_type: str | list[str]) -> bool:
     return any(isinstance(value, PYTHON_TYPES[k]) and not (k != "boolean" and isinstance(value, bool)) for k in kinds)
 
 
-def normalise(schema: Any, top: bool = False) -> dict:
+def normalise(schema: Any, top: bool = False, string_chars: int = STRING_CHARS) -> dict:
     """A schema llguidance compiles and that bounds what a model can write; ``top``: a tool's parameters."""
     if not isinstance(schema, dict):
         return {"type": "object", "properties": {}, "additionalProperties": False} if top else {}
@@ -81,7 +84,7 @@ def normalise(schema: Any, top: bool = False) -> dict:
     kinds = set(json_type) if isinstance(json_type, list) else {json_type}
     props = schema.get("properties")
     if "object" in kinds and (top or isinstance(props, dict)):
-        props = {k: normalise(v) for k, v in (props or {}).items() if isinstance(k, str)}
+        props = {k: normalise(v, string_chars=string_chars) for k, v in (props or {}).items() if isinstance(k, str)}
         out["properties"] = props
         required = schema.get("required")
         if isinstance(required, list):
@@ -89,10 +92,10 @@ def normalise(schema: Any, top: bool = False) -> dict:
         out["additionalProperties"] = False
     if "array" in kinds:
         if isinstance(schema.get("items"), dict):
-            out["items"] = normalise(schema["items"])
+            out["items"] = normalise(schema["items"], string_chars=string_chars)
         out["maxItems"] = ARRAY_ITEMS
     if "string" in kinds and "enum" not in out:
-        out["maxLength"] = STRING_CHARS
+        out["maxLength"] = string_chars
     if kinds & {"number", "integer"} and "enum" not in out:
         for bound, sign, pick in (("minimum", -1, max), ("maximum", 1, min)):
             given = schema.get(bound)
@@ -162,7 +165,7 @@ def for_task(task: dict, max_new_tokens: int = 256) -> TaskGrammar:
     thought_tokens = max(1, min(THOUGHT_TOKENS, max_new_tokens // 3))
     alternatives, fallbacks = [], {}
     for tool in task["tools"]:
-        schema = normalise(tool.get("parameters"), top=True)
+        schema = normalise(tool.get("parameters"), top=True, string_chars=max(STRING_CHARS, max_new_tokens))
         problem = _problem(lark([(tool["name"], schema)]))
         if problem:
             fallbacks[tool["name"]] = problem.splitlines()[0][:200]

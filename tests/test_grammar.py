@@ -167,3 +167,23 @@ def test_an_answer_that_reaches_its_token_limit_still_closes_as_json(smol_tokeni
         written.append(int(pick))
     step = tbf.parse_step(opening.lstrip("\n") + tok.decode(written, skip_special_tokens=True))
     assert isinstance(step, tbf.Step) and step.arguments()["return_type"] == "give_answer"
+
+
+def test_the_longest_real_key_is_writable_once_the_step_has_room_for_it(data_root, smol_tokenizer):
+    """ComplexFuncBench's calls copy base64 keys from observations (up to 710 characters): a string gets as many
+    characters as the step has tokens, so the gold call is writable in a step of 768 tokens and not in one of 256."""
+    import llguidance
+    tok = smol_tokenizer
+    task, call = max(((t, c) for t in data.load("complexfuncbench", data_root, "test") for c in t["replay"]),
+                     key=lambda tc: max(map(len, (v for v in tc[1]["arguments"].values() if isinstance(v, str))),
+                                        default=0))
+    longest = max(len(v) for v in call["arguments"].values() if isinstance(v, str))
+    assert longest == 710
+    order = list(next(x for x in task["tools"] if x["name"] == call["name"])["parameters"]["properties"])
+    arguments = dict(sorted(call["arguments"].items(), key=lambda kv: order.index(kv[0])))  # the grammar's key order
+    ids = tok(tbf.render_step(tbf.Step("", call["name"], json.dumps(arguments))), add_special_tokens=False).input_ids
+    written = {}
+    for budget in (256, 768):
+        matcher = llguidance.LLMatcher(grammar.ll_tokenizer(tok), grammar.for_task(task, max_new_tokens=budget).text)
+        written[budget] = matcher.consume_tokens(ids) and matcher.is_accepting()
+    assert written == {256: False, 768: True}, (len(ids), written)
