@@ -198,7 +198,15 @@ def apply_lora(model, cfg: TrainConfig):
 
 
 def last_checkpoint(folder: Path) -> str | None:
-    ckpts = sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    """The newest complete checkpoint. The Trainer writes ``trainer_state.json`` last, so a run killed while writing a
+    checkpoint leaves one without it (or with it cut short): resuming skips that one for the one before."""
+    def complete(ckpt: Path) -> bool:
+        try:
+            json.loads((ckpt / "trainer_state.json").read_text())
+            return True
+        except (OSError, ValueError):
+            return False
+    ckpts = sorted((p for p in folder.glob("checkpoint-*") if complete(p)), key=lambda p: int(p.name.split("-")[-1]))
     return str(ckpts[-1]) if ckpts else None
 
 
