@@ -238,7 +238,8 @@ def generate_steps(model, tokenizer, prompts: list[list[int]], dec: Decoding, ca
     pad = tokenizer.pad_token_id
     ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=model.device)
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=model.device)
-    processors = LogitsProcessorList([grammar.GrammarConstraint(tokenizer, width, grammars)] if grammars is not None else [])
+    processors = LogitsProcessorList([grammar.GrammarConstraint(tokenizer, width, grammars, dec.max_new_tokens)]
+                                    if grammars is not None else [])
     stopping = StoppingCriteriaList([StopAtStepEnd(tokenizer, width, dec.key_guard)] if dec.early_stop else [])
     if caches is not None and len(prompts) > 1:
         out = decode_rows(model, ids, mask, prompts, caches, dec, processors, stopping, pad, tokenizer.eos_token_id)

@@ -187,3 +187,50 @@ def test_the_longest_real_key_is_writable_once_the_step_has_room_for_it(data_roo
         matcher = llguidance.LLMatcher(grammar.ll_tokenizer(tok), grammar.for_task(task, max_new_tokens=budget).text)
         written[budget] = matcher.consume_tokens(ids) and matcher.is_accepting()
     assert written == {256: False, 768: True}, (len(ids), written)
+
+
+def write_without_closing(tok, task: dict, max_new_tokens: int, close: bool) -> tuple[str, grammar.GrammarConstraint]:
+    """An adversary under the grammar: it opens a call of the task's first tool, then always prefers the shortest
+    allowed token free of JSON punctuation (one character a token), so once inside a string it never ends it; run
+    to the step's token limit as ``generate`` would."""
+    opening = tok(f'{tbf.THOUGHT}x{tbf.ACTION}{task["tools"][0]["name"]}{tbf.ACTION_INPUT}{{', add_special_tokens=False).input_ids
+    vocab = [tok.decode([i]) for i in range(len(tok))]
+    liking = torch.tensor([-1.0 if set(v) & set('"\\{}[],:\n') else 1.0 / len(v) for v in vocab])
+    proc = grammar.GrammarConstraint(tok, 0, [grammar.for_task(task, max_new_tokens).text],
+                                     max_new_tokens if close else None)
+    ids = torch.zeros((1, 0), dtype=torch.long)
+    for _ in range(max_new_tokens):
+        scores = liking.clone()[None]
+        if ids.shape[1] < len(opening):
+            scores[0, opening[ids.shape[1]]] = 100.0
+        scores = proc(ids, scores)  # takes the last token, then masks
+        if proc.matchers[0].is_accepting():
+            break  # the step is whole: StopAtStepEnd ends it here
+        ids = torch.cat([ids, scores.argmax(-1)[:, None]], 1)
+    return tok.decode(ids[0]), proc
+
+
+# A tool whose shortest call is long: required keys after the string, a bounded integer, an array, an enum, a boolean.
+MANY_REQUIRED = {"name": "many_required", "parameters": {"type": "object", "required": ["a", "b", "c", "mode", "d"],
+                 "properties": {"a": {"type": "string"}, "b": {"type": "integer", "minimum": 5},
+                                "c": {"type": "array", "items": {"type": "object", "required": ["x"],
+                                                                 "properties": {"x": {"type": "string"}}}},
+                                "mode": {"type": "string", "enum": ["fast", "slow"]}, "d": {"type": "boolean"}}}}
+
+
+@pytest.mark.parametrize("max_new_tokens", [64, 256])
+@pytest.mark.parametrize("source", ["complexfuncbench", "many_required"])
+def test_a_call_that_would_run_past_the_token_limit_is_closed_in_time(data_root, smol_tokenizer, max_new_tokens, source):
+    """The only invalid steps seen under grammar were calls cut inside a string at the token limit. With the step's
+    budget known, the grammar keeps room to close the step and closes it: the adversary's step parses and its
+    arguments are schema-valid, where without the budget the same adversary's step is cut and does not parse."""
+    tok = smol_tokenizer
+    task = {"id": "t", "tools": [MANY_REQUIRED]} if source == "many_required" else next(
+        t for t in data.load("complexfuncbench", data_root, "test")
+        if any(v.get("type") == "string" for v in t["tools"][0]["parameters"]["properties"].values()))
+    cut, _ = write_without_closing(tok, task, max_new_tokens, close=False)
+    assert isinstance(tbf.parse_step(cut), tbf.ParseFailure)
+    closed, proc = write_without_closing(tok, task, max_new_tokens, close=True)
+    assert proc.closed == 1 and proc.rejected == 0
+    steps_are_valid([closed], [task])
+    assert tbf.parse_step(closed).action == task["tools"][0]["name"]
