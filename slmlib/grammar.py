@@ -330,14 +330,14 @@ class GrammarConstraint(LogitsProcessor):
         left = None if self.max_new_tokens is None else self.max_new_tokens - (input_ids.shape[1] - self.prompt_len)
         if left is not None:
             for i, row in enumerate(rows):
-                keep = self._closing_keep(row, input_ids[row, self.prompt_len:].tolist(), scores[row], ~blocked[i], left)
+                keep = self._closing_keep(row, input_ids[row, self.prompt_len:], scores[row], blocked[i], left)
                 if keep is not None:
                     blocked[i] = True
                     blocked[i, keep] = False
         scores[rows] = scores[rows].masked_fill(blocked.to(scores.device), float("-inf"))
         return scores
 
-    def _closing_keep(self, row: int, written: list[int], scores: torch.Tensor, allowed: torch.Tensor,
+    def _closing_keep(self, row: int, written: torch.Tensor, scores: torch.Tensor, blocked: torch.Tensor,
                       left: int) -> list[int] | None:
         """The tokens row ``row`` may take with ``left`` tokens of its budget to go, None for all it is allowed."""
         m = self.matchers[row]
@@ -345,14 +345,14 @@ class GrammarConstraint(LogitsProcessor):
             return [self.queued[row].pop(0)]
         if m.is_accepting() or left > self.watch[row]:
             return None
-        vocab, text = vocabulary(self.tokenizer), self.tokenizer.decode(written, skip_special_tokens=True)
+        vocab, text = vocabulary(self.tokenizer), self.tokenizer.decode(written.tolist(), skip_special_tokens=True)
         ending = closing(m, text, vocab, left)
         if ending is None:
             return None  # no closing fits any more (a token raised it by more than the zone): cut as before
         if left - len(ending) > CLOSING_ZONE:  # room enough: look again a few tokens on
             self.watch[row] = left - CLOSING_EVERY
             return None
-        likeliest = scores.masked_fill(~allowed.to(scores.device), float("-inf")).topk(CLOSING_CANDIDATES)
+        likeliest = scores.masked_fill(blocked.to(scores.device), float("-inf")).topk(CLOSING_CANDIDATES)
         fitting = []
         for token in likeliest.indices[likeliest.values > float("-inf")].tolist():
             after = m.deep_copy()

@@ -194,8 +194,7 @@ def write_without_closing(tok, task: dict, max_new_tokens: int, close: bool) -> 
     allowed token free of JSON punctuation (one character a token), so once inside a string it never ends it; run
     to the step's token limit as ``generate`` would."""
     opening = tok(f'{tbf.THOUGHT}x{tbf.ACTION}{task["tools"][0]["name"]}{tbf.ACTION_INPUT}{{', add_special_tokens=False).input_ids
-    vocab = [tok.decode([i]) for i in range(len(tok))]
-    liking = torch.tensor([-1.0 if set(v) & set('"\\{}[],:\n') else 1.0 / len(v) for v in vocab])
+    liking = torch.tensor([-1.0 if set(v) & set('"\\{}[],:\n') else 1.0 / len(v) for v in grammar.vocabulary(tok).texts])
     proc = grammar.GrammarConstraint(tok, 0, [grammar.for_task(task, max_new_tokens).text],
                                      max_new_tokens if close else None)
     ids = torch.zeros((1, 0), dtype=torch.long)
