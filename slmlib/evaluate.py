@@ -121,7 +121,7 @@ def step_records(model, tok, tasks: Iterable[dict], dec: rollout.Decoding, batch
         fits = [len(p) + dec.max_new_tokens <= dec.max_context for p in prompts]
         kept = [(p, r) for p, r, ok in zip(prompts, active, fits) if ok]
         texts = iter(rollout.generate_steps(model, tok, [p for p, _ in kept], dec, caches=[r.cache for _, r in kept] if reuse else None,
-                                            grammars=[r.grammar.text for _, r in kept] if dec.decoding == "grammar" else None)[0]
+                                            grammars=[r.grammar.text for _, r in kept] if dec.decoding == "grammar" else None).texts
                      if kept else [])
         still = []
         for row, ok in zip(active, fits):

@@ -282,8 +282,8 @@ class GrammarConstraint(LogitsProcessor):
 
     With ``max_new_tokens`` (the step's budget), each row keeps room to close its step: once fewer than
     :data:`CLOSING_ZONE` tokens beyond its :func:`closing` are left, the model keeps its likeliest allowed
-    tokens after which the closing still fits, and where none does the closing is written; ``closed``
-    counts the steps closed so.
+    tokens after which the closing still fits, and where none does the closing is written; ``closing[row]``
+    says whether row ``row``'s step was closed so.
     """
 
     def __init__(self, tokenizer, prompt_len: int, grammars: list[str], max_new_tokens: int | None = None):
@@ -293,7 +293,8 @@ class GrammarConstraint(LogitsProcessor):
         self.matchers = [llguidance.LLMatcher(self.lltok, g) for g in grammars]
         self.prompt_len = prompt_len
         self.free = [m.is_error() for m in self.matchers]
-        self.rejected = self.closed = 0
+        self.rejected = 0
+        self.closing = [False] * len(grammars)
         self.tokenizer, self.max_new_tokens = tokenizer, max_new_tokens
         self.queued: list[list[int]] = [[] for _ in grammars]
         self.watch = [max_new_tokens or 0] * len(grammars)  # a row's closing is looked at once ``left`` is at most this
@@ -360,7 +361,7 @@ class GrammarConstraint(LogitsProcessor):
                 fitting.append(token)
         if fitting:
             return fitting
-        self.closed += 1
+        self.closing[row] = True
         log.info("row %d: the step closed by the grammar with %d of its tokens left", row, left)
         self.queued[row] = ending[1:]
         return ending[:1]

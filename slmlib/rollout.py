@@ -9,14 +9,16 @@ step stops as soon as its Action Input is a complete JSON object (or the model s
 turn, or ends the sequence) instead of running to the token limit. The repeated-key guard ends an
 Action Input at its first repeated top-level key and closes the object there; such steps are marked
 ``"guard": "repeated_key"`` in the predictions and counted in the metrics. With
-``Decoding.decoding = "grammar"`` every step is decoded under its task's grammar (:mod:`slmlib.grammar`).
+``Decoding.decoding = "grammar"`` every step is decoded under its task's grammar (:mod:`slmlib.grammar`); a
+step the grammar had to close to end within its token limit is marked ``"guard": "token_limit"``. Each step
+records its new tokens (``"tokens"``).
 """
 from __future__ import annotations
 
 import copy
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
 import torch
 from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
@@ -225,9 +227,15 @@ def row_of(batch, row: int, padding: int):
     return cache
 
 
+class Generated(NamedTuple):
+    texts: list[str]     # each row's text up to its step end
+    counts: list[int]    # its new tokens
+    closed: list[bool]   # whether the grammar closed it to end within the token limit
+
+
 def generate_steps(model, tokenizer, prompts: list[list[int]], dec: Decoding, caches: list[PrefixCache] | None = None,
-                   grammars: list[str] | None = None) -> tuple[list[str], list[int]]:
-    """Left-padded batch generation; returns each row's text up to its step end and its token count.
+                   grammars: list[str] | None = None) -> Generated:
+    """Left-padded batch generation of each row's next step.
 
     With ``caches`` (one per prompt, each its episode's) the prefix each prompt shares with its episode's
     previous step is reused. With ``grammars`` (grammar decoding), each row is decoded under its own grammar.
@@ -267,7 +275,7 @@ def generate_steps(model, tokenizer, prompts: list[list[int]], dec: Decoding, ca
         end = step_end(text, dec.key_guard)
         texts.append(text[:end] if end is not None else text)
         counts.append(n)
-    return texts, counts
+    return Generated(texts, counts, list(processors[0].closing) if processors else [False] * len(texts))
 
 
 def decode_rows(model, ids, mask, prompts: list[list[int]], caches: list[PrefixCache], dec: Decoding, processors,
@@ -323,12 +331,12 @@ def parse_generated(raw: str) -> tuple[tbf.Step | tbf.ParseFailure, bool]:
     return tbf.parse_step(text), guarded
 
 
-def advance(ep: Episode, raw: str, env) -> None:
-    """Parse one generated step and act on it."""
+def advance(ep: Episode, raw: str, env, tokens: int = 0, closed: bool = False) -> None:
+    """Parse one generated step (``tokens`` new tokens; ``closed`` by the grammar at the token limit) and act on it."""
     parsed, guarded = parse_generated(raw)
-    record: dict[str, Any] = {"raw": raw}
-    if guarded:
-        record["guard"] = "repeated_key"
+    record: dict[str, Any] = {"raw": raw, "tokens": tokens}
+    if closed or guarded:
+        record["guard"] = "token_limit" if closed else "repeated_key"
     if isinstance(parsed, tbf.ParseFailure):
         record["error"] = parsed.label.value
         ep.steps.append(record)
@@ -354,9 +362,17 @@ def advance(ep: Episode, raw: str, env) -> None:
         ep.done = True
 
 
-# A policy writes the next step of each episode of a batch: (text, new tokens, seconds), or None where
-# the episode's conversation no longer fits the model's window. Models and scripted policies alike.
-Policy = Callable[[list[Episode]], list[tuple[str, int, float] | None]]
+class Written(NamedTuple):
+    """What a policy wrote for one episode's next step."""
+    text: str
+    tokens: int            # new tokens
+    seconds: float
+    closed: bool = False   # the grammar closed it to end within the token limit
+
+
+# A policy writes the next step of each episode of a batch, or None where the episode's conversation no
+# longer fits the model's window. Models and scripted policies alike.
+Policy = Callable[[list[Episode]], list[Written | None]]
 
 
 def prompt_ids(state: dict, tokenizer, dec: Decoding) -> list[int]:
@@ -375,29 +391,29 @@ def prompt_ids(state: dict, tokenizer, dec: Decoding) -> list[int]:
 def model_policy(model, tokenizer, dec: Decoding) -> Policy:
     """The model's next step for each episode, one ``generate`` call for the whole batch (seeded here)."""
     torch.manual_seed(dec.seed)
-    def steps(episodes: list[Episode]) -> list[tuple[str, int, float] | None]:
+    def steps(episodes: list[Episode]) -> list[Written | None]:
         prompts, ready = [], []
         for i, ep in enumerate(episodes):
             ids = prompt_ids(ep.state(), tokenizer, dec)
             if len(ids) + dec.max_new_tokens <= dec.max_context:
                 prompts.append(ids)
                 ready.append(i)
-        out: list[tuple[str, int, float] | None] = [None] * len(episodes)
+        out: list[Written | None] = [None] * len(episodes)
         if ready:
             t0 = time.perf_counter()
-            texts, counts = generate_steps(model, tokenizer, prompts, dec,
+            generated = generate_steps(model, tokenizer, prompts, dec,
                                            caches=[episodes[i].prefix for i in ready] if episodes[ready[0]].prefix else None,
                                            grammars=[episodes[i].grammar.text for i in ready] if dec.decoding == "grammar" else None)
             share = (time.perf_counter() - t0) / len(ready)
-            for i, text, n in zip(ready, texts, counts):
-                out[i] = (text, n, share)
+            for i, text, n, closed in zip(ready, *generated):
+                out[i] = Written(text, n, share, closed)
         return out
     return steps
 
 
 def scripted(write: Callable[[Episode], str]) -> Policy:
     """A policy that writes each step with a function of the episode (tests, judge floors)."""
-    return lambda episodes: [(write(ep), 0, 0.0) for ep in episodes]
+    return lambda episodes: [Written(write(ep), 0, 0.0) for ep in episodes]
 
 
 def reuses_prefix(model, dec: Decoding, batch_size: int) -> bool:
@@ -434,10 +450,9 @@ def play(policy: Policy, tasks: Iterable[dict], env, dec: Decoding, batch_size: 
             if result is None:
                 overflow(ep)
                 continue
-            text, n, seconds = result
-            ep.seconds += seconds
-            ep.new_tokens += n
-            advance(ep, text, env)
+            ep.seconds += result.seconds
+            ep.new_tokens += result.tokens
+            advance(ep, result.text, env, result.tokens, result.closed)
         still = []
         for ep in active:
             if ep.done:

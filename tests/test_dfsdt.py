@@ -72,7 +72,7 @@ def test_a_search_that_spends_its_budget_fails_with_the_budget_label():
 
 
 def test_a_conversation_over_the_window_fails_its_branch_only():
-    answers = iter([None, (finish("give_answer", "20 C"), 3, 0.0)])
+    answers = iter([None, rollout.Written(finish("give_answer", "20 C"), 3, 0.0)])
     (record,) = dfsdt.run(lambda episodes: [next(answers) for _ in episodes], [WEATHER_TASK], envs.make("replay"),
                           rollout.Decoding())
     assert [n["kind"] for n in record["tree"]] == ["open", "failed", "answer"] and record["tree"][1]["step"] is None

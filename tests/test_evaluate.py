@@ -157,13 +157,13 @@ def test_prefix_cache_reuses_the_shared_prefix_and_changes_nothing(tiny):
     dec = rollout.Decoding(max_new_tokens=12, early_stop=False, key_guard=False)
     first = tok("Thought: the weather in Paris\nAction: get_weather", add_special_tokens=False).input_ids
     cache = rollout.PrefixCache()
-    text, _ = rollout.generate_steps(model, tok, [first], dec, caches=[cache])
+    text = rollout.generate_steps(model, tok, [first], dec, caches=[cache]).texts
     assert cache.ids[:len(first)] == first and len(cache.ids) > len(first)  # prompt and output are cached
     second = cache.ids + tok("\nObservation: sunny, 21 C", add_special_tokens=False).input_ids
     cached = cache.prepare(second)
     assert cached.get_seq_length() == len(cache.ids)  # only the observation is prefilled anew
-    reused, _ = rollout.generate_steps(model, tok, [second], dec, caches=[cache])
-    fresh, _ = rollout.generate_steps(model, tok, [second], dec)
+    reused = rollout.generate_steps(model, tok, [second], dec, caches=[cache]).texts
+    fresh = rollout.generate_steps(model, tok, [second], dec).texts
     assert reused == fresh and text  # same greedy output as a full prefill
     edited = second[:len(first) - 3] + tok(" Oslo", add_special_tokens=False).input_ids
     assert cache.prepare(edited).get_seq_length() == len(first) - 3  # cropped back to the common prefix
@@ -179,8 +179,8 @@ def test_a_batch_decodes_from_its_episodes_caches_side_by_side(tiny, early_stop)
     prompts = [tok(t, add_special_tokens=False).input_ids for t in texts]
     caches = [rollout.PrefixCache() for _ in prompts]
     for step in range(2):
-        batched, counts = rollout.generate_steps(model, tok, prompts, dec, caches=caches)
-        alone = [rollout.generate_steps(model, tok, [p], dec)[0][0] for p in prompts]
+        batched, counts, _ = rollout.generate_steps(model, tok, prompts, dec, caches=caches)
+        alone = [rollout.generate_steps(model, tok, [p], dec).texts[0] for p in prompts]
         assert batched == alone and all(counts)  # prompts of unequal length: the same greedy text as each alone
         if early_stop:
             assert len(set(counts)) > 1  # rows that ended at different tokens: each left the batch when it ended
@@ -244,7 +244,7 @@ def test_prompt_lookup_writes_generates_text_in_fewer_forwards(data_root, decodi
         cache, forwards[:] = rollout.PrefixCache(), []
         for messages in histories:  # a step, then the next from the same cache after the gold step and its observation
             prompt = encode.encode(tbf.prompt_segments({**t, "messages": messages}), tok, add_eos=False).input_ids
-            (text,), (n,) = rollout.generate_steps(model, tok, [prompt], dec, caches=[cache], grammars=grammars)
+            (text,), (n,), _ = rollout.generate_steps(model, tok, [prompt], dec, caches=[cache], grammars=grammars)
             assert cache.ids[:len(prompt)] == prompt and cache.cache.get_seq_length() == len(cache.ids) == len(prompt) + n - 1
             texts.setdefault(tokens, []).append((text, n))
         calls[tokens] = len(forwards)
@@ -257,7 +257,7 @@ def scripted(monkeypatch, outputs):
     """Feed the rollout loop fixed model outputs, to check the loop's bookkeeping exactly."""
     script = iter(outputs)
     monkeypatch.setattr(rollout, "generate_steps", lambda model, tok, prompts, dec, caches=None, grammars=None:
-                        ([next(script) for _ in prompts], [5] * len(prompts)))
+                        rollout.Generated([next(script) for _ in prompts], [5] * len(prompts), [False] * len(prompts)))
 
 
 FINISH_20C = 'Thought: done\nAction: Finish\nAction Input: {"return_type": "give_answer", "final_answer": "20 C"}'
@@ -284,7 +284,7 @@ def test_each_row_is_decoded_under_its_own_tasks_grammar(monkeypatch, tiny):
 
     def generate(model, tok, prompts, dec, caches=None, grammars=None):
         seen.append(grammars)
-        return [FINISH_20C] * len(prompts), [5] * len(prompts)
+        return rollout.Generated([FINISH_20C] * len(prompts), [5] * len(prompts), [False] * len(prompts))
     monkeypatch.setattr(rollout, "generate_steps", generate)
     news_only = {**task(), "id": "t2", "tools": [NEWS]}
     list(rollout.run(*tiny, [task(), news_only], envs.make("stub"), rollout.Decoding(decoding="grammar"), batch_size=2))
@@ -295,6 +295,20 @@ def test_each_row_is_decoded_under_its_own_tasks_grammar(monkeypatch, tiny):
     list(rollout.run(*tiny, [task()], envs.make("stub"), rollout.Decoding(), batch_size=1))
     assert seen == [None]  # free decoding: no grammar at all
 
+
+@pytest.mark.parametrize("batch_size,reuse_prefix", [(1, True), (2, True), (2, False)])
+def test_a_step_the_grammar_closes_at_its_token_limit_is_marked_in_the_record(tiny, batch_size, reuse_prefix):
+    """The untrained tiny model rambles: at 48 tokens a step under the grammar runs to its limit and is closed
+    there. The record says so and how many tokens it took, by each decoding path (prompt lookup at batch 1,
+    cached rows side by side, ``generate``)."""
+    news_only = {**task(), "id": "t2", "tools": [NEWS]}
+    dec = rollout.Decoding(max_new_tokens=48, decoding="grammar", max_steps=1, reuse_prefix=reuse_prefix)
+    episodes = list(rollout.run(*tiny, [task(), news_only], envs.make("stub"), dec, batch_size=batch_size))
+    steps = [s for ep in episodes for s in ep.steps]
+    assert len(steps) == 2 and all(s["guard"] == "token_limit" and "error" not in s and s["tokens"] == 48 for s in steps)
+    roomy = list(rollout.run(*tiny, [task()], envs.make("stub"), rollout.Decoding(max_new_tokens=56, decoding="grammar",
+                                                                                     max_steps=1), batch_size=1))
+    assert [("guard" in s, s["tokens"] < 56) for s in roomy[0].steps] == [(False, True)]  # it ended by itself
 
 def test_guarded_step_is_acted_on_and_counted(monkeypatch, tiny):
     t, rec = paris_episode(monkeypatch, tiny, 'Thought: look\nAction: get_weather\nAction Input: {"city": "Paris",', 1)

@@ -227,9 +227,9 @@ def test_a_call_that_would_run_past_the_token_limit_is_closed_in_time(data_root,
     task = {"id": "t", "tools": [MANY_REQUIRED]} if source == "many_required" else next(
         t for t in data.load("complexfuncbench", data_root, "test")
         if any(v.get("type") == "string" for v in t["tools"][0]["parameters"]["properties"].values()))
-    cut, _ = write_without_closing(tok, task, max_new_tokens, close=False)
-    assert isinstance(tbf.parse_step(cut), tbf.ParseFailure)
+    cut, proc = write_without_closing(tok, task, max_new_tokens, close=False)
+    assert isinstance(tbf.parse_step(cut), tbf.ParseFailure) and proc.closing == [False]
     closed, proc = write_without_closing(tok, task, max_new_tokens, close=True)
-    assert proc.closed == 1 and proc.rejected == 0
+    assert proc.closing == [True] and proc.rejected == 0
     steps_are_valid([closed], [task])
     assert tbf.parse_step(closed).action == task["tools"][0]["name"]

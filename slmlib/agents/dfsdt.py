@@ -92,7 +92,7 @@ class Tree:
         self.answer: Node | None = None
         self.exhausted = False
 
-    def expand(self, node: Node) -> Generator[rollout.Episode, tuple[str, int, float] | None, int]:
+    def expand(self, node: Node) -> Generator[rollout.Episode, rollout.Written | None, int]:
         """DFS.py's ``DFS``: returns how many levels to go back."""
         if node.kind == "answer":
             self.answer = node
@@ -108,8 +108,8 @@ class Tree:
             result = yield asking
             self.calls += 1
             if result is not None:
-                self.new_tokens += result[1]
-                self.seconds += result[2]
+                self.new_tokens += result.tokens
+                self.seconds += result.seconds
             if self.calls >= self.search.budget:
                 self.exhausted = True
                 return STOP
@@ -118,7 +118,7 @@ class Tree:
             if result is None:
                 rollout.overflow(child.ep)
             else:
-                rollout.advance(child.ep, result[0], self.env)
+                rollout.advance(child.ep, result.text, self.env, result.tokens, result.closed)
             child.step = child.ep.steps[-1] if len(child.ep.steps) > len(node.ep.steps) else None
             node.children.append(child)
             self.nodes.append(child)
