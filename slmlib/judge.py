@@ -229,6 +229,8 @@ def metrics(records: list[dict]) -> dict[str, Any]:
             "n_tasks": n, "pass_rate": passed / n if n else 0.0, "pass_rate_ci95": list(wilson(passed, n)),
             "format_valid_rate": sum("error" not in s for s in steps) / len(steps) if steps else 0.0,
             "guarded_step_rate": sum("guard" in s for s in steps) / len(steps) if steps else 0.0,
+            # of them, the steps the grammar closed to end within the token limit
+            "closed_step_rate": sum(s.get("guard") == "token_limit" for s in steps) / len(steps) if steps else 0.0,
             "finish_rate": sum(bool(r["finish"]) for r in rs) / n if n else 0.0,
             "give_up_rate": sum(bool(r["finish"]) and r["finish"].get("return_type") == "give_up_and_restart" for r in rs) / n if n else 0.0,
             "hallucinated_tool_rate": sum(c not in d for c, d in zip(calls, declared)) / len(calls) if calls else 0.0,

@@ -22,7 +22,7 @@ from slmlib.run import atomic_write_json, atomic_write_text, read_json
 HTML_NOTEBOOKS = ("04_error_analysis", "05_results")
 FIGURES = ("pass_rate_*.png", "call_quality.png", "error_breakdown.png", "training_curves.png", "speed_cost.png", "token_lengths.png",
            "learning_curve.png")
-OVERALL_KEYS = ("n_tasks", "pass_rate", "pass_rate_ci95", "format_valid_rate", "guarded_step_rate", "finish_rate",
+OVERALL_KEYS = ("n_tasks", "pass_rate", "pass_rate_ci95", "format_valid_rate", "guarded_step_rate", "closed_step_rate", "finish_rate",
                 "hallucinated_tool_rate", "tool_name_accuracy", "call_match_rate", "avg_steps", "seconds_per_task",
                 "tokens_per_second", "peak_rss_gb", "peak_gpu_gb", "error_labels", "decoding", "grammar_fallback_tasks",
                 "floors", "model_calls_per_task", "new_tokens_per_task", "cfb_success_rate", "cfb_call_accuracy")
@@ -136,12 +136,13 @@ def decoding_lines(evals: dict[str, dict[str, dict]]) -> list[str]:
         return []
     lines = ["", "## Format versus competence: each model decoded freely and under its task's grammar", "",
              "| model | task set | pass free | pass grammar | format-valid free | format-valid grammar | "
-             "call match free | call match grammar |", "|---|---|---|---|---|---|---|---|"]
+             "grammar steps closed at the token limit | call match free | call match grammar |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for (task_set, model), d in both.items():
         free, gram = d["free"], d["grammar"]
         lines.append(f"| {model} | {task_set} | {_pct(free['pass_rate'])} | {_pct(gram['pass_rate'])} | "
                      f"{_pct(free['format_valid_rate'])} | {_pct(gram['format_valid_rate'])} | "
-                     f"{_pct(free['call_match_rate'])} | {_pct(gram['call_match_rate'])} |")
+                     f"{_pct(gram.get('closed_step_rate'))} | {_pct(free['call_match_rate'])} | {_pct(gram['call_match_rate'])} |")
     return lines
 
 

@@ -306,6 +306,9 @@ def test_a_step_the_grammar_closes_at_its_token_limit_is_marked_in_the_record(ti
     episodes = list(rollout.run(*tiny, [task(), news_only], envs.make("stub"), dec, batch_size=batch_size))
     steps = [s for ep in episodes for s in ep.steps]
     assert len(steps) == 2 and all(s["guard"] == "token_limit" and "error" not in s and s["tokens"] == 48 for s in steps)
+    records = [rollout.episode_record(ep) | {"declared_tools": [x["name"] for x in ep.task["tools"]]} for ep in episodes]
+    m = judge.metrics([r | {"verdict": judge.judge(ep.task, r)} for r, ep in zip(records, episodes)])
+    assert m["closed_step_rate"] == m["guarded_step_rate"] == m["format_valid_rate"] == 1.0
     roomy = list(rollout.run(*tiny, [task()], envs.make("stub"), rollout.Decoding(max_new_tokens=56, decoding="grammar",
                                                                                      max_steps=1), batch_size=1))
     assert [("guard" in s, s["tokens"] < 56) for s in roomy[0].steps] == [(False, True)]  # it ended by itself
@@ -316,6 +319,7 @@ def test_guarded_step_is_acted_on_and_counted(monkeypatch, tiny):
     rec["declared_tools"], rec["verdict"] = [x["name"] for x in t["tools"]], judge.judge(t, rec)
     m = judge.metrics([rec])
     assert rec["verdict"]["passed"] and m["guarded_step_rate"] == 0.5 and m["format_valid_rate"] == 1.0
+    assert m["closed_step_rate"] == 0  # guarded for a repeated key, not closed at the token limit
 
 
 @pytest.mark.parametrize("finish_input, answer", [
