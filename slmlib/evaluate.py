@@ -281,7 +281,8 @@ def evaluate(model: str, tasks_file: str | Path, out_dir: str | Path, *, adapter
 
 def evaluate_run(profile, run_path: str | Path) -> dict[str, dict[str, dict]]:
     """The fine-tuned model of a run and the profile's baselines on every test set the run prepared,
-    with every decoding the profile asks for, then the fine-tuned model in each of ``eval.variants``.
+    with every decoding the profile asks for, and the fine-tuned model in each of ``eval.variants`` (in
+    :func:`plays`' order).
 
     Writes ``<run>/eval/<model label>/<task set>/`` for the profile's own settings,
     ``<run>/eval/<model label>+<decoding>/<task set>/`` for each other decoding and
@@ -300,20 +301,26 @@ def evaluate_run(profile, run_path: str | Path) -> dict[str, dict[str, dict]]:
 
 
 def plays(profile, run: Path, task_sets: list[str]) -> list[tuple[str, str, str | None, dict[str, Any], list[str]]]:
-    """What :func:`evaluate_run` evaluates, in order: ``(label, model, adapter, settings that differ, task sets)``."""
+    """What :func:`evaluate_run` evaluates, in order: ``(label, model, adapter, settings that differ, task sets)``.
+
+    Every model under the profile's decoding, then each variant, then the other decodings: a long run cut short
+    has first what its targets compare (the fine-tuned model against the untuned ones, its protocol and search),
+    the format-versus-competence table's other half last."""
     e = profile.eval
     trained = run / "train" / "model"
     contenders = [(trained_label(profile), *model_and_adapter(profile, trained))] if trained.is_dir() else []
     baselines = [(name, name, None) for name in e.baselines]
-    out = [(label + ("" if d == e.decoding else f"+{d}"), model, adapter, {"decoding": d}, task_sets)
-           for d in e.all_decodings() for label, model, adapter in contenders + baselines]
+    decoded = {d: [(label + ("" if d == e.decoding else f"+{d}"), model, adapter, {"decoding": d}, task_sets)
+                   for label, model, adapter in contenders + baselines] for d in e.all_decodings()}
+    first, *others = e.all_decodings()
+    out = decoded[first]
     for i, v in enumerate(e.variants):
         unknown = sorted(set(v.task_sets) - set(task_sets))
         if unknown:
             raise ConfigError(f"eval.variants[{i}].task_sets names {unknown[0]!r}; this run's test sets: {', '.join(task_sets)}")
         out += [(label + e.variant_suffix(v), model, adapter, v.settings(), v.task_sets or task_sets)
                 for label, model, adapter in contenders + (baselines if v.baselines else [])]
-    return out
+    return out + [play for d in others for play in decoded[d]]
 
 
 def trained_label(profile) -> str:

@@ -469,7 +469,7 @@ def test_bench_step_compares_batched_with_one_prompt_at_a_time(tmp_path):
     assert "CPU " in run.stdout and run.stdout.splitlines()[-1].startswith("speedup: ")
 
 
-def test_a_run_plays_every_decoding_then_each_variant(tmp_path):
+def test_a_run_plays_its_decoding_then_each_variant_then_the_other_decodings(tmp_path):
     from slmlib import config
     p = tmp_path / "p.yaml"
     p.write_text("model: {name: tiny-opt, dtype: bfloat16}\neval:\n  decoding: grammar\n  decodings: [grammar, free]\n  baselines: [b]\n"
@@ -481,10 +481,10 @@ def test_a_run_plays_every_decoding_then_each_variant(tmp_path):
     plays = [(label, model, overrides, sets) for label, model, _, overrides, sets in plays_of(profile, tmp_path, both)]
     trained = str(tmp_path / "train" / "model")
     assert plays == [("tiny-opt-sft", trained, {"decoding": "grammar"}, both), ("b", "b", {"decoding": "grammar"}, both),
-                     ("tiny-opt-sft+free", trained, {"decoding": "free"}, both), ("b+free", "b", {"decoding": "free"}, both),
                      ("tiny-opt-sft+dfsdt+t0.5", trained, {"agent": "dfsdt", "temperature": 0.5}, both),
                      ("tiny-opt-sft+cfb", trained, {"env": "cfb"}, ["complexfuncbench"]),
-                     ("b+cfb", "b", {"env": "cfb"}, ["complexfuncbench"])]
+                     ("b+cfb", "b", {"env": "cfb"}, ["complexfuncbench"]),
+                     ("tiny-opt-sft+free", trained, {"decoding": "free"}, both), ("b+free", "b", {"decoding": "free"}, both)]
     settings = profile_settings(profile, agent="dfsdt", temperature=0.5)
     assert (settings["agent"], settings["temperature"], settings["decoding"], settings["env"]) == ("dfsdt", 0.5, "grammar", "auto")
     assert settings["dtype"] == "bfloat16"  # model.dtype is what every model is evaluated in
