@@ -310,17 +310,15 @@ def plays(profile, run: Path, task_sets: list[str]) -> list[tuple[str, str, str 
     trained = run / "train" / "model"
     contenders = [(trained_label(profile), *model_and_adapter(profile, trained))] if trained.is_dir() else []
     baselines = [(name, name, None) for name in e.baselines]
-    decoded = {d: [(label + ("" if d == e.decoding else f"+{d}"), model, adapter, {"decoding": d}, task_sets)
-                   for label, model, adapter in contenders + baselines] for d in e.all_decodings()}
-    first, *others = e.all_decodings()
-    out = decoded[first]
+    out, *others = [[(label + ("" if d == e.decoding else f"+{d}"), model, adapter, {"decoding": d}, task_sets)
+                     for label, model, adapter in contenders + baselines] for d in e.all_decodings()]
     for i, v in enumerate(e.variants):
         unknown = sorted(set(v.task_sets) - set(task_sets))
         if unknown:
             raise ConfigError(f"eval.variants[{i}].task_sets names {unknown[0]!r}; this run's test sets: {', '.join(task_sets)}")
         out += [(label + e.variant_suffix(v), model, adapter, v.settings(), v.task_sets or task_sets)
                 for label, model, adapter in contenders + (baselines if v.baselines else [])]
-    return out + [play for d in others for play in decoded[d]]
+    return out + [play for decoded in others for play in decoded]
 
 
 def trained_label(profile) -> str:

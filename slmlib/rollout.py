@@ -331,12 +331,12 @@ def parse_generated(raw: str) -> tuple[tbf.Step | tbf.ParseFailure, bool]:
     return tbf.parse_step(text), guarded
 
 
-def advance(ep: Episode, raw: str, env, tokens: int = 0, closed: bool = False) -> None:
-    """Parse one generated step (``tokens`` new tokens; ``closed`` by the grammar at the token limit) and act on it."""
-    parsed, guarded = parse_generated(raw)
-    record: dict[str, Any] = {"raw": raw, "tokens": tokens}
-    if closed or guarded:
-        record["guard"] = "token_limit" if closed else "repeated_key"
+def advance(ep: Episode, written: Written, env) -> None:
+    """Parse one written step and act on it."""
+    parsed, guarded = parse_generated(written.text)
+    record: dict[str, Any] = {"raw": written.text, "tokens": written.tokens}
+    if written.closed or guarded:
+        record["guard"] = "token_limit" if written.closed else "repeated_key"
     if isinstance(parsed, tbf.ParseFailure):
         record["error"] = parsed.label.value
         ep.steps.append(record)
@@ -452,7 +452,7 @@ def play(policy: Policy, tasks: Iterable[dict], env, dec: Decoding, batch_size: 
                 continue
             ep.seconds += result.seconds
             ep.new_tokens += result.tokens
-            advance(ep, result.text, env, result.tokens, result.closed)
+            advance(ep, result, env)
         still = []
         for ep in active:
             if ep.done:

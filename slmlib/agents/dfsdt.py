@@ -118,7 +118,7 @@ class Tree:
             if result is None:
                 rollout.overflow(child.ep)
             else:
-                rollout.advance(child.ep, result.text, self.env, result.tokens, result.closed)
+                rollout.advance(child.ep, result, self.env)
             child.step = child.ep.steps[-1] if len(child.ep.steps) > len(node.ep.steps) else None
             node.children.append(child)
             self.nodes.append(child)
