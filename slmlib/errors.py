@@ -23,3 +23,4 @@ class ErrorLabel(StrEnum):
     EMPTY_ANSWER = "empty_answer"                    # Finish with an empty final_answer
     BUDGET_EXHAUSTED = "budget_exhausted"            # a search spent its model calls without an answer
     UNGROUNDED_ANSWER = "ungrounded_answer"          # the answer carries nothing a relevant tool returned
+    UNGROUNDED_ARGUMENT = "ungrounded_argument"      # a relevant tool called only with text the task never held

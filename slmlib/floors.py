@@ -1,8 +1,8 @@
 """What a policy that solves nothing scores: scripted policies rolled out and judged like the models.
 
 A judge is only as good as the worst policy it passes. Each policy here writes its ToolBench steps
-from the task alone (no model, no reading of observations), acts in the same environment through the
-same rollout step, and is judged by the same judge; its pass rate is the floor under a task set's
+from the task alone (no model; one reads the observations, only to copy them out), acts in the same
+environment through the same rollout step, and is judged by the same judge; its pass rate is the floor under a task set's
 pass rates. ``FLOOR`` is the most any of them may score.
 """
 from __future__ import annotations
@@ -42,14 +42,23 @@ def finish_at_once(ep: rollout.Episode) -> str:
     return _finish(GENERIC_ANSWER)
 
 
-def call_every_tool(ep: rollout.Episode) -> str:
-    """Each declared tool once, in order, up to the step budget, then the generic answer."""
+def _each_tool_then(ep: rollout.Episode, answer: str) -> str:
+    """Each declared tool once, in order, up to the step budget, then ``answer``."""
     tools = ep.task["tools"][:ep.max_steps]
-    return _call(tools[len(ep.steps)]) if len(ep.steps) < len(tools) else _finish(GENERIC_ANSWER)
+    return _call(tools[len(ep.steps)]) if len(ep.steps) < len(tools) else _finish(answer)
+
+
+def call_every_tool(ep: rollout.Episode) -> str:
+    return _each_tool_then(ep, GENERIC_ANSWER)
 
 
 def echo_query(ep: rollout.Episode) -> str:
-    return _finish(" ".join(m["content"] for m in ep.task["messages"] if m["role"] == "user"))
+    return _finish(judge.query_of(ep.task))
+
+
+def echo_observations(ep: rollout.Episode) -> str:
+    """Every tool with placeholders, then an answer that is their observations: it reads them only to copy them."""
+    return _each_tool_then(ep, " ".join(s.get("observation", "") for s in ep.steps))
 
 
 def repeat_first_call(ep: rollout.Episode) -> str:
@@ -58,7 +67,7 @@ def repeat_first_call(ep: rollout.Episode) -> str:
 
 POLICIES: dict[str, Callable[[rollout.Episode], str]] = {
     "finish_at_once": finish_at_once, "call_every_tool": call_every_tool,
-    "echo_query": echo_query, "repeat_first_call": repeat_first_call}
+    "echo_query": echo_query, "echo_observations": echo_observations, "repeat_first_call": repeat_first_call}
 
 
 def play(policy: Callable[[rollout.Episode], str], task: dict, env, max_steps: int = 10) -> dict:

@@ -6,9 +6,13 @@ within the budget (a Finish that is not strict JSON is read as ToolBench's envir
 than twice, and the calls match ``gold_calls`` (BFCL semantics: each expected call matched once,
 values among the acceptable ones, ``""`` = may be omitted, no unexpected arguments, types
 checked; further calls are allowed) or, with only ``relevant_tools``, every relevant tool was
-called with schema-valid arguments and the answer carries, for each relevant tool whose response held
+called with schema-valid arguments that take the task's input (a tool with required text arguments needs one
+of them in the query or an earlier observation, whole or by half its words, or among its enum values: the stub
+answers any arguments, so "example" would otherwise do) and the answer carries, for each relevant tool whose response held
 any, at least one value that tool returned (not in the query, not among the call's own arguments): a
-policy that calls every tool and answers "done", or echoes the query, solves nothing and fails.
+policy that calls every tool and answers "done", echoes the query, or calls every tool with placeholders and
+echoes what they returned, solves nothing and fails (the last passes where the relevant tools ask nothing of the
+query: no offline judge can tell those apart).
 ``"gold_calls": []`` passes only when no tool was called.
 """
 from __future__ import annotations
@@ -27,16 +31,40 @@ REPEAT_LIMIT = 2
 MIN_FACT = 4  # characters: a shorter string ("OK", "yes") is no evidence that the answer used a response
 # in an observation cut at 1,024 characters: string values (not keys) and numbers after ':', '[' or ','
 _STRING = re.compile(r'"((?:[^"\\]|\\.)*)"(\s*:)?')  # a key when the colon follows
+_WORD = re.compile(r"[^\W_]{3,}")
 _NUMBER_VALUE = re.compile(r'(?<=[:\[,])\s*(-?\d+(?:\.\d+)?)(?=\s*[,\]}])')
 
 
 def calls_of(record: dict) -> list[tuple[str, dict]]:
-    out = []
+    return [(name, arguments) for name, arguments, _ in calls_in_context(record)]
+
+
+def calls_in_context(record: dict, query: str = "") -> list[tuple[str, dict, str]]:
+    """Each call with what the episode had shown before it: the query and the earlier observations."""
+    context, out = query, []
     for step in record["steps"]:
         s = step.get("step")
         if s and s["action"] != FINISH:
-            out.append((s["action"], json.loads(s["action_input"])))
+            out.append((s["action"], json.loads(s["action_input"]), context))
+        context += " " + step.get("observation", "")
     return out
+
+
+def grounded_argument(value: str, context: str) -> bool:
+    """``value`` is in ``context`` whole, or at least half of its words of three letters or more are."""
+    if not value.strip():
+        return False
+    if _mentions(context, value):
+        return True
+    words = _WORD.findall(value)
+    return bool(words) and 2 * sum(_mentions(context, w) for w in words) >= len(words)
+
+
+def grounded_call(tool: dict, arguments: dict, context: str) -> bool:
+    """A tool with required text arguments takes one of them from the context or its enum; others ask nothing."""
+    props = tool.get("parameters", {}).get("properties", {})
+    texts = [(p, v) for p in tool.get("parameters", {}).get("required", []) if isinstance(v := arguments.get(p), str)]
+    return not texts or any(v in (props.get(p, {}).get("enum") or []) or grounded_argument(v, context) for p, v in texts)
 
 
 def call_key(name: str, arguments: dict) -> str:
@@ -96,9 +124,13 @@ def _mentions(text: str, value: str) -> bool:
     return re.search(rf"(?<!\w){words}(?!\w)", text, re.IGNORECASE) is not None
 
 
+def query_of(task: dict) -> str:
+    return " ".join(m["content"] for m in task["messages"] if m["role"] == "user")
+
+
 def ungrounded(task: dict, record: dict, answer: str) -> list[str]:
     """The relevant tools whose responses held values of which the answer carries none."""
-    query = " ".join(m["content"] for m in task["messages"] if m["role"] == "user")
+    query = query_of(task)
     missing = []
     for name in task.get("relevant_tools", []):
         values = set()
@@ -164,16 +196,20 @@ def judge(task: dict, record: dict) -> dict:
                                 else (ErrorLabel.MISSING_CALL, f"{g['name']} was never called"))
     else:
         failures = []
+        in_context = calls_in_context(record, query_of(task))
         for name in relevant:
-            args = [a for n, a in calls if n == name]
-            if not args:
+            made = [(a, context) for n, a, context in in_context if n == name]
+            if not made:
                 failures.append((ErrorLabel.MISSING_CALL, f"{name} was never called"))
                 continue
             verdict["names_right"] += 1
             tool = next(t for t in task["tools"] if t["name"] == name)
-            errors = [schema_errors(tool, a) for a in args]
+            errors = [schema_errors(tool, a) for a, _ in made]
             if all(errors):
                 failures.append(errors[-1][0])
+            elif not any(not e and grounded_call(tool, a, context) for e, (a, context) in zip(errors, made)):
+                failures.append((ErrorLabel.UNGROUNDED_ARGUMENT,
+                                 f"{name}: no call takes a required text argument from the query or an observation"))
             else:
                 verdict["matched_calls"] += 1
 

@@ -66,8 +66,32 @@ def test_judge_no_finish_and_irrelevance_and_relevant_tools():
     assert judge.judge(task(gold_calls=[]), record([]))["passed"]
     assert judge.judge(task(gold_calls=[]), record([step("get_news", {})]))["label"] == ErrorLabel.IRRELEVANCE
     rel = task(relevant_tools=["get_weather"])
-    assert judge.judge(rel, record([step("get_weather", {"city": "Oslo"})]))["passed"]
+    assert judge.judge(rel, record([step("get_weather", {"city": "Paris"})]))["passed"]
     assert judge.judge(rel, record([step("get_weather", {"unit": "K"})]))["label"] == ErrorLabel.MISSING_REQUIRED
+
+
+def test_a_relevant_call_takes_its_text_from_the_task():
+    """The stub answers any arguments: a call with text the task never held (a placeholder) solves nothing."""
+    rel = task(relevant_tools=["get_weather"])
+    verdict = lambda *calls: judge.judge(rel, record(list(calls)))
+    assert verdict(step("get_weather", {"city": "example"}))["label"] == ErrorLabel.UNGROUNDED_ARGUMENT
+    assert verdict(step("get_weather", {"city": " "}))["label"] == ErrorLabel.UNGROUNDED_ARGUMENT
+    assert verdict(step("get_weather", {"city": "PARIS"}))["passed"]  # case does not count
+    assert verdict(step("get_weather", {"city": "Paris, France"}))["passed"]  # half its words are in the query
+    assert verdict(step("get_weather", {"city": "Paris Texas USA"}))["label"] == ErrorLabel.UNGROUNDED_ARGUMENT
+    assert verdict(step("get_weather", {"city": "Par"}))["label"] == ErrorLabel.UNGROUNDED_ARGUMENT  # whole words
+    # an earlier observation counts, a later one does not; one grounded call of the tool is enough
+    listed = '{"error": "", "response": {"capital": "Lyon"}}'
+    assert verdict(step("get_news", {}, listed), step("get_weather", {"city": "Lyon"}))["passed"]
+    assert verdict(step("get_weather", {"city": "Lyon"}, listed))["label"] == ErrorLabel.UNGROUNDED_ARGUMENT
+    assert verdict(step("get_weather", {"city": "example"}), step("get_weather", {"city": "Paris"}))["passed"]
+    # an enum value is the tool's own; a tool whose required arguments hold no text asks nothing of the query
+    by_unit = {**WEATHER, "parameters": {**WEATHER["parameters"], "required": ["unit"]}}
+    assert judge.judge(task(tools=[by_unit], relevant_tools=["get_weather"]), record([step("get_weather", {"unit": "F"})]))["passed"]
+    by_id = {**WEATHER, "parameters": {"type": "object", "properties": {"id": {"type": "integer"}}, "required": ["id"]}}
+    assert judge.judge(task(tools=[by_id], relevant_tools=["get_weather"]), record([step("get_weather", {"id": 1})]))["passed"]
+    news = task(relevant_tools=["get_news"])
+    assert judge.judge(news, record([step("get_news", {})]))["passed"]
 
 
 def test_wilson_interval():
@@ -99,7 +123,7 @@ def test_replay_and_stub_environments():
 
 def test_relevant_tools_answer_must_carry_what_they_returned():
     """A generic answer after the right calls solves nothing: the answer must use each relevant tool's response."""
-    rel = task(relevant_tools=["get_weather"])
+    rel = task(relevant_tools=["get_weather"], messages=[{"role": "user", "content": "Weather in Paris or Oslo?"}])
     obs = envs.make("stub").call(rel, "get_weather", {"city": "Oslo"})
     sky = json.loads(obs)["response"]["sky"]
     called = [step("get_weather", {"city": "Oslo"}, obs)]
