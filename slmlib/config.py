@@ -62,6 +62,9 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     lm_head: Literal["learned", "all"] = "learned"  # positions the LM head scores: those with a label, or every one
     loss_on: Literal["last", "all"] = "all"  # last assistant turn (ToolLLaMA) or every assistant turn
+    # a Finish answer the source never wrote (ComplexFuncBench's template sentence): learned as every earlier
+    # run did, or masked (context, not loss), so the answers learned are the ones people wrote
+    synthetic_answers: Literal["learned", "masked"] = "learned"
     lora_r: int = 16
     lora_alpha: int = 32
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"])

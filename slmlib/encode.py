@@ -29,17 +29,26 @@ def _adds_bos(tokenizer) -> bool:
     return tokenizer.bos_token_id is not None and bool(ids) and ids[0] == tokenizer.bos_token_id
 
 
-def encode(segments: list[tuple[str, bool]], tokenizer, add_eos: bool = True) -> Encoded:
+def encode(segments: list[tuple[str, bool]], tokenizer, add_eos: bool = True,
+           unlearned: dict[int, tuple[int, int]] | None = None) -> Encoded:
     """Concatenate per-segment ids; labels copy the learned ids, ``-100`` elsewhere.
 
     With ``add_eos`` the EOS token follows the last segment and is learned when that segment is.
+    ``unlearned`` maps a segment's index to a character span of it whose tokens (those wholly inside)
+    are not learned; the ids stay those of the whole segment, so lengths do not change.
     """
     ids: list[int] = [tokenizer.bos_token_id] if _adds_bos(tokenizer) else []
     labels: list[int] = [IGNORE] * len(ids)
-    for text, learned in segments:
-        piece = tokenizer(text, add_special_tokens=False).input_ids
+    for i, (text, learned) in enumerate(segments):
+        if learned and unlearned and i in unlearned:
+            start, end = unlearned[i]
+            out = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+            piece = out.input_ids
+            labels.extend(IGNORE if start <= a and b <= end else t for t, (a, b) in zip(piece, out.offset_mapping))
+        else:
+            piece = tokenizer(text, add_special_tokens=False).input_ids
+            labels.extend(piece if learned else [IGNORE] * len(piece))
         ids.extend(piece)
-        labels.extend(piece if learned else [IGNORE] * len(piece))
     if add_eos and segments:
         ids.append(tokenizer.eos_token_id)
         labels.append(tokenizer.eos_token_id if segments[-1][1] else IGNORE)

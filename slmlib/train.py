@@ -24,7 +24,7 @@ from slmlib import curve, deadline, encode, memory, models
 from slmlib import toolbench_format as tbf
 from slmlib.config import Profile, TrainConfig
 from slmlib.run import RunExists, atomic_write_json, atomic_write_text, cpu_bf16_native, read_json
-from slmlib.schema import iter_jsonl
+from slmlib.schema import FINISH, iter_jsonl
 
 log = logging.getLogger(__name__)
 RENDERING_VERSION = 1
@@ -34,11 +34,29 @@ class EmptyDataset(ValueError):
     pass
 
 
-def encode_rows(tasks, tokenizer, loss_on: str, max_length: int) -> tuple[list[dict], int]:
-    """``{"input_ids", "labels", "length"}`` rows; rows longer than the window are dropped and counted."""
+def synthetic_answer_span(task: dict, segments: list[tuple[str, bool]]) -> dict[int, tuple[int, int]]:
+    """Where the last learned segment holds a Finish answer its source never wrote (``meta.synthetic_answer``:
+    ComplexFuncBench records none), as :func:`encode.encode`'s ``unlearned``; empty for every other trajectory."""
+    last = task["messages"][-1]
+    calls = last.get("tool_calls") or []
+    if not task.get("meta", {}).get("synthetic_answer") or not calls or calls[0]["function"]["name"] != FINISH:
+        return {}
+    answer = json.loads(calls[0]["function"]["arguments"]).get("final_answer", "")
+    i = max(k for k, (_, learned) in enumerate(segments) if learned)
+    written = json.dumps(answer, ensure_ascii=False)[1:-1]
+    start = segments[i][0].rfind(written) if written else -1
+    return {i: (start, start + len(written))} if start >= 0 else {}
+
+
+def encode_rows(tasks, tokenizer, loss_on: str, max_length: int,
+                synthetic_answers: str = "learned") -> tuple[list[dict], int]:
+    """``{"input_ids", "labels", "length"}`` rows; rows longer than the window are dropped and counted.
+    ``synthetic_answers="masked"`` keeps an answer the source never wrote as context, not loss."""
     rows, too_long = [], 0
     for task in tasks:
-        enc = encode.encode(tbf.segments(task, loss_on), tokenizer)
+        segments = tbf.segments(task, loss_on)
+        masked = synthetic_answer_span(task, segments) if synthetic_answers == "masked" else None
+        enc = encode.encode(segments, tokenizer, unlearned=masked)
         if len(enc) > max_length:
             too_long += 1
             continue
@@ -269,7 +287,8 @@ def train(profile: Profile, train_file: str | Path, out_dir: str | Path, overwri
     cfg = profile.train
     set_seed(profile.seed)
     model, tokenizer = models.load(profile.model.name, dtype="float32")
-    rows, too_long = encode_rows(iter_jsonl(train_file), tokenizer, cfg.loss_on, profile.data.max_length)
+    rows, too_long = encode_rows(iter_jsonl(train_file), tokenizer, cfg.loss_on, profile.data.max_length,
+                                 cfg.synthetic_answers)
     if not rows:
         raise EmptyDataset(f"{train_file}: no trajectory with a learned token fits the {profile.data.max_length}-token window")
     learned = learned_tokens(rows)

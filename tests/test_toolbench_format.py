@@ -102,6 +102,22 @@ def test_loss_mask_covers_exactly_the_assistant_text(tok_fixture, request):
     assert "Function:" not in "".join(spans) and "Paris?" not in "".join(spans)
 
 
+def test_a_synthetic_answer_is_context_not_loss_when_masked(smol_tokenizer):
+    """ComplexFuncBench records no final answer; masked, its template sentence is not learned, the rest is."""
+    from slmlib import train
+    from slmlib.data import complexfuncbench
+    cfb = next(t for t in complexfuncbench.tasks("train") if t["messages"][-1]["tool_calls"][0]["function"]["name"] == schema.FINISH)
+    written = trajectory()  # an answer someone wrote is learned either way
+    (learned, mine), _ = train.encode_rows([cfb, written], smol_tokenizer, "all", 1 << 30)
+    (masked, mine_masked), _ = train.encode_rows([cfb, written], smol_tokenizer, "all", 1 << 30, "masked")
+    assert mine == mine_masked and masked["input_ids"] == learned["input_ids"]
+    answer = json.loads(cfb["messages"][-1]["tool_calls"][0]["function"]["arguments"])["final_answer"]
+    spans = lambda row: encode.learned_text(encode.Encoded(row["input_ids"], row["labels"]), smol_tokenizer)  # noqa: E731
+    assert answer in "".join(spans(learned)) and answer[:-1] not in "".join(spans(masked))
+    assert spans(masked)[-2].endswith('Action: Finish\nAction Input: {"return_type": "give_answer", "final_answer": "')
+    assert spans(masked)[:-2] == spans(learned)[:-1]  # every call before it is learned as it was
+
+
 def test_prompt_is_the_training_prefix(smol_tokenizer):
     task = trajectory()
     history = {**task, "messages": task["messages"][:3]}
