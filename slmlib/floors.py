@@ -20,16 +20,20 @@ GENERIC_ANSWER = "I have completed the task and found the information you asked 
 PLACEHOLDERS = {"string": "example", "integer": 1, "number": 1.0, "boolean": True, "array": [], "object": {}}
 
 
-def placeholder_arguments(tool: dict) -> dict:
-    """Schema-valid arguments that say nothing: each required parameter's first enum value or a placeholder."""
+def placeholder_arguments(tool: dict, text: str = PLACEHOLDERS["string"]) -> dict:
+    """Schema-valid arguments that say nothing: each required parameter's first enum value or a placeholder, ``text``
+    for free text."""
     params = tool.get("parameters", {})
-    props = params.get("properties", {})
-    return {p: (props.get(p, {}).get("enum") or [PLACEHOLDERS.get(props.get(p, {}).get("type"), "example")])[0]
-            for p in params.get("required", [])}
+
+    def value(spec: dict):
+        if spec.get("enum"):
+            return spec["enum"][0]
+        return PLACEHOLDERS[spec["type"]] if spec.get("type") in PLACEHOLDERS and spec["type"] != "string" else text
+    return {p: value(params.get("properties", {}).get(p, {})) for p in params.get("required", [])}
 
 
-def _call(tool: dict) -> str:
-    args = json.dumps(placeholder_arguments(tool), ensure_ascii=False)
+def _call(tool: dict, text: str = PLACEHOLDERS["string"]) -> str:
+    args = json.dumps(placeholder_arguments(tool, text), ensure_ascii=False)
     return tbf.render_step(tbf.Step(f"I will call {tool['name']}.", tool["name"], args))
 
 
@@ -42,10 +46,14 @@ def finish_at_once(ep: rollout.Episode) -> str:
     return _finish(GENERIC_ANSWER)
 
 
-def _each_tool_then(ep: rollout.Episode, answer: str) -> str:
-    """Each declared tool once, in order, up to the step budget, then ``answer``."""
+def _each_tool_then(ep: rollout.Episode, answer: str, text: str = PLACEHOLDERS["string"]) -> str:
+    """Each declared tool once, in order, up to the step budget (``text`` as its free text), then ``answer``."""
     tools = ep.task["tools"][:ep.max_steps]
-    return _call(tools[len(ep.steps)]) if len(ep.steps) < len(tools) else _finish(answer)
+    return _call(tools[len(ep.steps)], text) if len(ep.steps) < len(tools) else _finish(answer)
+
+
+def _pasted(ep: rollout.Episode) -> str:
+    return " ".join(s.get("observation", "") for s in ep.steps)
 
 
 def call_every_tool(ep: rollout.Episode) -> str:
@@ -58,7 +66,13 @@ def echo_query(ep: rollout.Episode) -> str:
 
 def echo_observations(ep: rollout.Episode) -> str:
     """Every tool with placeholders, then an answer that is their observations: it reads them only to copy them."""
-    return _each_tool_then(ep, " ".join(s.get("observation", "") for s in ep.steps))
+    return _each_tool_then(ep, _pasted(ep))
+
+
+def query_as_arguments(ep: rollout.Episode) -> str:
+    """Every tool with the whole query as each free-text argument, then their observations pasted: arguments taken
+    from the query in form only."""
+    return _each_tool_then(ep, _pasted(ep), judge.query_of(ep.task))
 
 
 def repeat_first_call(ep: rollout.Episode) -> str:
@@ -67,7 +81,8 @@ def repeat_first_call(ep: rollout.Episode) -> str:
 
 POLICIES: dict[str, Callable[[rollout.Episode], str]] = {
     "finish_at_once": finish_at_once, "call_every_tool": call_every_tool,
-    "echo_query": echo_query, "echo_observations": echo_observations, "repeat_first_call": repeat_first_call}
+    "echo_query": echo_query, "echo_observations": echo_observations, "query_as_arguments": query_as_arguments,
+    "repeat_first_call": repeat_first_call}
 
 
 def play(policy: Callable[[rollout.Episode], str], task: dict, env, max_steps: int = 10) -> dict:

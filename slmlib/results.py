@@ -162,8 +162,10 @@ def floor_lines(evals: dict[str, dict[str, dict]]) -> list[str]:
     if not by_set:
         return []
     lines = ["", "## What a policy that solves nothing scores (judge floors)", "",
-             "Scripted policies, no model, judged like the models: finish at once, call every tool with placeholder "
-             "arguments then a generic answer, echo the query, repeat the first call.", "",
+             "Scripted policies, no model, judged like the models (`slmlib/floors.py`, one a row): finish at once, call every "
+             "tool with placeholder arguments then a generic answer, echo the query, call every tool then paste the "
+             "observations (with placeholders, or with the whole query as each text argument), repeat the first call. "
+             "Policies added since a run are not in its rows.", "",
              "| task set | policy | n | pass rate [95% CI] |", "|---|---|---|---|"]
     for task_set, floors in sorted(by_set.items()):
         for name, f in floors.items():
