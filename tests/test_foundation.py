@@ -12,7 +12,7 @@ from slmlib.run import CannotResume, RunDir, RunExists, atomic_write_json, read_
 from conftest import REPO
 
 
-@pytest.mark.parametrize("name", ["smoke", "default", "cpu-full", "cpu-long", "cpu-compare", "paper", "workshop"])
+@pytest.mark.parametrize("name", ["smoke", "default", "cpu-full", "cpu-long", "cpu-compare", "cpu-session", "paper", "workshop"])
 def test_profiles_load(name):
     profile = config.load(REPO / "params" / f"{name}.yaml")
     assert profile.name == name and profile.data.max_length <= 2048
