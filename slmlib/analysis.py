@@ -6,12 +6,14 @@ any earlier run without running anything again.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
 
 from slmlib import toolbench_format as tbf
-from slmlib.schema import read_jsonl
+from slmlib.envs import cfb
+from slmlib.schema import FINISH, read_jsonl
 
 # The paper's Table 2 (ToolEval pass rate, %), for the side-by-side table; not comparable to ours.
 PAPER = pd.DataFrame({
@@ -151,6 +153,46 @@ def worst_calls(preds: pd.DataFrame, top: int = 10) -> pd.DataFrame:
     if not rows:
         return pd.DataFrame(columns=["model", "label", "action", "count"])
     return (pd.DataFrame(rows).value_counts().rename("count").reset_index().head(top))
+
+
+WRONG_VALUE_COLUMNS = ["model", "id", "function", "parameter", "made", "golden", "golden_from", "made_from"]
+
+
+def wrong_values(preds: pd.DataFrame) -> pd.DataFrame:
+    """The episodes ComplexFuncBench's protocol ended on a wrong value, one row each: the function and parameter,
+    the value made and the golden one, and where each stood before that call (``golden_from``, ``made_from``):
+    ``request`` (the user's words), ``observation`` (an earlier tool response, as a JSON value), or ``neither``
+    (worked out, like a date from "the day after tomorrow", or made up)."""
+    rows = []
+    for _, r in preds.iterrows():
+        task = r["task"]
+        if not task or task.get("source") != "complexfuncbench":
+            continue
+        ep = cfb.replayed(task, r["record"]["steps"])
+        if ep.ending is None or ep.ending[0] != "value_error":
+            continue
+        miss, key = ep.missed, ep.missed["parameter"]
+        request = "\n".join(m["content"] or "" for m in task["messages"] if m["role"] == "user")
+        calls = [s for s in r["record"]["steps"] if s.get("step") and s["step"]["action"] != FINISH]
+        seen = [s.get("observation", "") for s in calls[:miss["at"]]]
+        made, golden = miss["call"]["arguments"][key], miss["golden"]["arguments"][key]
+        rows.append({"model": r["model"], "id": r["id"], "function": miss["call"]["name"], "parameter": key,
+                     "made": made, "golden": golden, "golden_from": _found_in(golden, request, seen),
+                     "made_from": _found_in(made, request, seen)})
+    return pd.DataFrame(rows, columns=WRONG_VALUE_COLUMNS)
+
+
+def _found_in(value, request: str, observations: list[str]) -> str:
+    """Where a value stands: said in the request, a JSON value of an observation, or neither."""
+    as_json = json.dumps(value, ensure_ascii=False)
+    plain = value if isinstance(value, str) else as_json
+    # a number must not be a piece of a longer one
+    alone = re.compile(rf"(?<![\w.-]){re.escape(plain)}(?![\w.])") if not isinstance(value, str) else None
+    if alone.search(request) if alone else plain in request:
+        return "request"
+    if any(alone.search(o) if alone else as_json in o for o in observations):
+        return "observation"
+    return "neither"
 
 
 def step_view(row: pd.Series, index: int) -> dict[str, str]:

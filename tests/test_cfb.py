@@ -80,7 +80,7 @@ def test_other_endings():
     assert extra["label"] == "func_hallucination" and extra["correct_calls"] == 3
     assert judge.judge(TASK, record)["label"] == ErrorLabel.IRRELEVANCE
     wrong = {"name": "Vehicle_Details", "arguments": {"vehicle_id": "733", "search_key": "k1"}}
-    assert cfb.mismatch(wrong, GOLDEN[1]) == ("func_error", "Do not call the correct function.")
+    assert cfb.mismatch(wrong, GOLDEN[1]) == ("func_error", "Do not call the correct function.", None)
     (ep,) = rollout.play(rollout.scripted(lambda ep: "Thought: t\nAction: Search_Car_Rentals\nAction Input: {nope"),
                          [TASK], envs.make("cfb"), rollout.Decoding())
     assert cfb.verdict(TASK, rollout.episode_record(ep))["label"] == "decode_error"
@@ -100,3 +100,26 @@ def test_evaluate_in_the_cfb_environment_reports_their_metrics_beside_ours(tmp_p
     m = evaluate("tiny-opt", tmp_path / "tasks.jsonl", tmp_path / "eval", env="cfb", max_new_tokens=24, batch_size=1)
     assert m["env"] == "cfb" and m["cfb_success_rate"] == 0.0 and 0.0 <= m["cfb_call_accuracy"] <= 1.0
     assert m["pass_rate"] == 0.0 and set(m["floors"]) == set(floors.POLICIES)
+
+
+def test_wrong_values_say_where_the_golden_value_and_the_made_one_stood():
+    import pandas as pd
+    from slmlib import analysis
+    rentals = GOLDEN[1]
+    episodes = {
+        "date": [("Search_Car_Rentals", {"pick_up_latitude": -33.86, "pick_up_date": "2024-11-16"})],
+        "copied": [(rentals["name"], rentals["arguments"]), ("Vehicle_Details", {"vehicle_id": "k1", "search_key": "k1"})],
+        "made_up": [(rentals["name"], rentals["arguments"]), ("Vehicle_Details", {"vehicle_id": "73", "search_key": "k1"})],
+        # -33.8 is a piece of the observed -33.86, not the value
+        "number": [("Search_Car_Location", {"query": "Sydney"}),
+                   ("Search_Car_Rentals", {"pick_up_latitude": -33.8, "pick_up_date": "2024-11-15"})],
+        "solved": [(g["name"], g["arguments"]) for g in GOLDEN[1:]] + [ANSWER],
+    }
+    rows = [{"model": "m", "id": name, "task": TASK, "record": episode(*steps, ANSWER)[0]} for name, steps in episodes.items()]
+    table = analysis.wrong_values(pd.DataFrame(rows)).set_index("id")
+    assert list(table.index) == ["date", "copied", "made_up", "number"]
+    assert table.loc["date", ["function", "parameter", "made", "golden"]].tolist() == \
+        ["Search_Car_Rentals", "pick_up_date", "2024-11-16", "2024-11-15"]
+    assert table[["golden_from", "made_from"]].values.tolist() == [
+        ["request", "neither"], ["observation", "observation"], ["observation", "neither"], ["observation", "neither"]]
+    assert analysis.wrong_values(pd.DataFrame(rows[-1:])).empty

@@ -75,24 +75,25 @@ def rule_match(call: dict, golden: dict) -> bool:
             and all(_same(k, v, golden["arguments"][k]) for k, v in call["arguments"].items()))
 
 
-def mismatch(call: dict, golden: dict) -> tuple[str, str]:
-    """Their ``value_checker`` then ``get_error_message``: why a well-formed call is not the golden one."""
+def mismatch(call: dict, golden: dict) -> tuple[str, str, str | None]:
+    """Their ``value_checker`` then ``get_error_message``: why a well-formed call is not the golden one, as
+    (label, their message, the parameter it names)."""
     if call["name"] != golden["name"]:
-        return "func_error", "Do not call the correct function."
+        return "func_error", "Do not call the correct function.", None
     made, wanted = call["arguments"], golden["arguments"]
     for key, value in wanted.items():
         if key in EXACT_MATCH.get(call["name"], []):
             if key not in made:
-                return "param_missing", f"Missing parameter {key} in prediction."
+                return "param_missing", f"Missing parameter {key} in prediction.", key
             if not _same(key, made[key], value):
-                return "value_error", f"Parameter {key} value is not correct in prediction."
+                return "value_error", f"Parameter {key} value is not correct in prediction.", key
     for key, value in wanted.items():
         if key not in made:
-            return "param_missing", f"Missing parameter {key} in prediction."
+            return "param_missing", f"Missing parameter {key} in prediction.", key
         if not _same(key, made[key], value):
-            return "value_error", f"Parameter {key} value do not equal to golden."
+            return "value_error", f"Parameter {key} value do not equal to golden.", key
     extra = next(k for k in made if k not in wanted)
-    return "param_hallucination", f"Parameter {extra} is hallucinated."
+    return "param_hallucination", f"Parameter {extra} is hallucinated.", extra
 
 
 @dataclass
@@ -102,6 +103,8 @@ class Episode:
     open: list[int] = field(default_factory=list)    # indices into task["replay"]
     correct: int = 0
     ending: tuple[str, str] | None = None             # (their label, detail) once the episode ended
+    calls: int = 0                                    # calls acted on, format errors included
+    missed: dict | None = None                        # the call that ended it: {at, call, golden, parameter}
 
     def __post_init__(self):
         self.open = list(range(len(self.task.get("replay", []))))
@@ -110,6 +113,7 @@ class Episode:
         """The observation of one call; sets ``ending`` when the protocol ends the episode here."""
         golden = self.task["replay"]
         call = {"name": name, "arguments": arguments}
+        self.calls += 1
         if not self.required_open() and not is_free(call):
             self.ending = AFTER_THE_LAST
             return observation(UNEXPECTED_CALL)
@@ -127,7 +131,9 @@ class Episode:
             self.ending = AFTER_THE_LAST
         else:
             best = max(pairs, key=lambda i: sum(_same(k, v, golden[i]["arguments"].get(k)) for k, v in arguments.items()))
-            self.ending = mismatch(call, golden[best])
+            label, detail, parameter = mismatch(call, golden[best])
+            self.ending = label, detail
+            self.missed = {"at": self.calls - 1, "call": call, "golden": golden[best], "parameter": parameter}
         return observation(UNEXPECTED_CALL)
 
     def required_open(self) -> list[int]:
