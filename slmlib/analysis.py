@@ -14,6 +14,7 @@ import pandas as pd
 from slmlib import toolbench_format as tbf
 from slmlib.envs import cfb
 from slmlib.schema import FINISH, read_jsonl
+from slmlib.values import date_in_words
 
 # The paper's Table 2 (ToolEval pass rate, %), for the side-by-side table; not comparable to ours.
 PAPER = pd.DataFrame({
@@ -161,8 +162,9 @@ WRONG_VALUE_COLUMNS = ["model", "id", "function", "parameter", "made", "golden",
 def wrong_values(preds: pd.DataFrame) -> pd.DataFrame:
     """The episodes ComplexFuncBench's protocol ended on a wrong value, one row each: the function and parameter,
     the value made and the golden one, and where each stood before that call (``golden_from``, ``made_from``):
-    ``request`` (the user's words), ``observation`` (an earlier tool response, as a JSON value), or ``neither``
-    (worked out, like a date from "the day after tomorrow", or made up)."""
+    ``request`` (the user's words), ``words`` (a date the request names by month and day, "December 10th":
+    rewriting, not reasoning), ``observation`` (an earlier tool response, as a JSON value), or ``neither`` (worked
+    out, like a date from "the day after tomorrow", or made up)."""
     rows = []
     for _, r in preds.iterrows():
         task = r["task"]
@@ -183,13 +185,16 @@ def wrong_values(preds: pd.DataFrame) -> pd.DataFrame:
 
 
 def _found_in(value, request: str, observations: list[str]) -> str:
-    """Where a value stands: said in the request, a JSON value of an observation, or neither."""
+    """Where a value stands: said in the request (as it is, or a date in words), a JSON value of an observation,
+    or neither."""
     as_json = json.dumps(value, ensure_ascii=False)
     plain = value if isinstance(value, str) else as_json
     # a number must not be a piece of a longer one
     alone = re.compile(rf"(?<![\w.-]){re.escape(plain)}(?![\w.])") if not isinstance(value, str) else None
     if alone.search(request) if alone else plain in request:
         return "request"
+    if date_in_words(value, request):
+        return "words"
     if any(alone.search(o) if alone else as_json in o for o in observations):
         return "observation"
     return "neither"

@@ -1,10 +1,12 @@
 """The data step of a run: sources -> fitted training trajectories and test task files.
 
 Writes ``<run>/data/train.jsonl``, ``<run>/data/test_<set>.jsonl`` and ``<run>/data/report.json``
-(counts per source, token lengths, what the window trimmed or dropped, missing optional sources).
+(counts per source, token lengths, what the window trimmed or dropped, missing optional sources, the dates the
+calls pass as the requests word them).
 """
 from __future__ import annotations
 
+import json
 import random
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -12,11 +14,11 @@ from typing import Iterable
 
 import numpy as np
 
-from slmlib import budget, data, heldout
+from slmlib import budget, data, heldout, values
 from slmlib import toolbench_format as tbf
 from slmlib.config import Profile
 from slmlib.run import atomic_write_json
-from slmlib.schema import called_tools, iter_jsonl, write_jsonl
+from slmlib.schema import FINISH, called_tools, iter_jsonl, write_jsonl
 
 TEST_ONLY = {"stabletoolbench"}
 PERCENTILES = (50, 90, 99, 100)
@@ -39,7 +41,35 @@ def length_report(tasks: list[dict], count, max_length: int, loss_on: str) -> di
             budget.fit(t, count, max_length, loss_on=loss_on, stats=stats)
     return {"n": len(tasks), "groups": dict(Counter(t["group"] for t in tasks)),
             "tokens": percentiles(lengths), "over_window": sum(n > max_length for n in lengths),
-            "calls_per_task": percentiles(len(called_tools(t)) for t in tasks), "fit": stats.as_dict()}
+            "calls_per_task": percentiles(len(called_tools(t)) for t in tasks), "fit": stats.as_dict(),
+            "dates": date_origins(tasks)}
+
+
+def _call_arguments(task: dict) -> Iterable[dict]:
+    """Every call's arguments: a test task's gold calls (their first accepted value), else the trajectory's."""
+    if task.get("gold_calls"):
+        yield from ({k: v[0] for k, v in g["arguments"].items() if v} for g in task["gold_calls"])
+        return
+    for c in (c for m in task["messages"] if m["role"] == "assistant" for c in m.get("tool_calls") or []):
+        try:
+            args = json.loads(c["function"]["arguments"])
+        except json.JSONDecodeError:  # a source's own malformed call passes no date
+            continue
+        if c["function"]["name"] != FINISH and isinstance(args, dict):
+            yield args
+
+
+def date_origins(tasks: list[dict]) -> dict[str, int]:
+    """The ISO dates the calls pass (``YYYY-MM-DD``), as the request names them by month and day (``in_words``:
+    rewriting) or not (``worked_out``: "the day after tomorrow", "five days later")."""
+    out = Counter({"in_words": 0, "worked_out": 0})
+    for t in tasks:
+        request = "\n".join(m["content"] or "" for m in t["messages"] if m["role"] == "user")
+        for args in _call_arguments(t):
+            for v in args.values():
+                if isinstance(v, str) and values.ISO_DATE.match(v):
+                    out["in_words" if values.date_in_words(v, request) else "worked_out"] += 1
+    return dict(out)
 
 
 def calls_kept(report: dict) -> dict[str, dict[str, str]]:
@@ -95,7 +125,7 @@ def prepare(profile: Profile, run_path: str | Path, tokenizer) -> dict:
         stats.merge(per_source)
     if not train:
         raise ValueError("no training trajectory is left after fitting the window: check the sources and max_length")
-    report["train"] = {"n": write_jsonl(out / "train.jsonl", train), **stats.as_dict()}
+    report["train"] = {"n": write_jsonl(out / "train.jsonl", train), **stats.as_dict(), "dates": date_origins(train)}
     test_sets = {}  # a benchmark's test split where the profile reads the benchmark
     if "complexfuncbench" in sources:
         test_sets["complexfuncbench"] = (lambda: data.load("complexfuncbench", cfg.root, "test"), cfg.test_limit)
@@ -106,6 +136,6 @@ def prepare(profile: Profile, run_path: str | Path, tokenizer) -> dict:
     for name, (load, limit) in test_sets.items():
         tasks = _limited(list(load()), limit, profile.seed)
         report["test_sets"][name] = {"n": write_jsonl(out / f"test_{name}.jsonl", tasks),
-                                     "groups": dict(Counter(t["group"] for t in tasks))}
+                                     "groups": dict(Counter(t["group"] for t in tasks)), "dates": date_origins(tasks)}
     atomic_write_json(out / "report.json", report)
     return report

@@ -116,10 +116,14 @@ def test_wrong_values_say_where_the_golden_value_and_the_made_one_stood():
         "solved": [(g["name"], g["arguments"]) for g in GOLDEN[1:]] + [ANSWER],
     }
     rows = [{"model": "m", "id": name, "task": TASK, "record": episode(*steps, ANSWER)[0]} for name, steps in episodes.items()]
+    # the same date, the request naming it in words
+    worded = {**TASK, "messages": [{"role": "user", "content": "A car in Sydney on November 15th, and its details."}]}
+    rows.append({**rows[0], "id": "worded", "task": worded})
     table = analysis.wrong_values(pd.DataFrame(rows)).set_index("id")
-    assert list(table.index) == ["date", "copied", "made_up", "number"]
+    assert list(table.index) == ["date", "copied", "made_up", "number", "worded"]
     assert table.loc["date", ["function", "parameter", "made", "golden"]].tolist() == \
         ["Search_Car_Rentals", "pick_up_date", "2024-11-16", "2024-11-15"]
     assert table[["golden_from", "made_from"]].values.tolist() == [
-        ["request", "neither"], ["observation", "observation"], ["observation", "neither"], ["observation", "neither"]]
-    assert analysis.wrong_values(pd.DataFrame(rows[-1:])).empty
+        ["request", "neither"], ["observation", "observation"], ["observation", "neither"], ["observation", "neither"],
+        ["words", "neither"]]
+    assert analysis.wrong_values(pd.DataFrame(rows[4:5])).empty

@@ -114,6 +114,20 @@ def test_values_used_by_later_calls_survive_compaction(cfb):
     assert checked > 2000
 
 
+def test_dates_are_sorted_into_named_and_worked_out(cfb):
+    from slmlib.prepare import date_origins
+    from slmlib.values import date_in_words
+    said = ["on December 10th, 2024", "Dec. 10", "the 10 of December", "December 10"]
+    assert all(date_in_words("2024-12-10", t) for t in said)
+    assert not any(date_in_words("2024-12-10", t) for t in
+                   ["December 1st", "November 10th", "Today is December 8th, so the day after tomorrow", "2024-12-10"])
+    assert not date_in_words("December 10", "December 10") and not date_in_words(20241210, "December 10")
+    # every date of the 200 test tasks is written out of words; 164 of them must be reckoned from another
+    assert date_origins(cfb[1]) == {"in_words": 269, "worked_out": 164}
+    train = date_origins(cfb[0])
+    assert train["in_words"] > train["worked_out"] > 500
+
+
 def test_missing_required_source_says_how_to_fetch(tmp_path):
     with pytest.raises(data.MissingSource, match="python -m slmlib data fetch toolbench"):
         data.check_sources(["toolbench"], [], tmp_path)
