@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from slmlib import judge
 from slmlib import toolbench_format as tbf
 from slmlib.envs import cfb
 from slmlib.schema import FINISH, read_jsonl
@@ -174,7 +175,7 @@ def wrong_values(preds: pd.DataFrame) -> pd.DataFrame:
         if ep.ending is None or ep.ending[0] != "value_error":
             continue
         miss, key = ep.missed, ep.missed["parameter"]
-        request = "\n".join(m["content"] or "" for m in task["messages"] if m["role"] == "user")
+        request = judge.query_of(task)
         calls = [s for s in r["record"]["steps"] if s.get("step") and s["step"]["action"] != FINISH]
         seen = [s.get("observation", "") for s in calls[:miss["at"]]]
         made, golden = miss["call"]["arguments"][key], miss["golden"]["arguments"][key]

@@ -14,7 +14,7 @@ from typing import Iterable
 
 import numpy as np
 
-from slmlib import budget, data, heldout, values
+from slmlib import budget, data, heldout, judge, values
 from slmlib import toolbench_format as tbf
 from slmlib.config import Profile
 from slmlib.run import atomic_write_json
@@ -64,7 +64,7 @@ def date_origins(tasks: list[dict]) -> dict[str, int]:
     rewriting) or not (``worked_out``: "the day after tomorrow", "five days later")."""
     out = Counter({"in_words": 0, "worked_out": 0})
     for t in tasks:
-        request = "\n".join(m["content"] or "" for m in t["messages"] if m["role"] == "user")
+        request = judge.query_of(t)
         for args in _call_arguments(t):
             for v in args.values():
                 if isinstance(v, str) and values.ISO_DATE.match(v):
