@@ -11,11 +11,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from slmlib import judge
+from slmlib import dates, judge
 from slmlib import toolbench_format as tbf
 from slmlib.envs import cfb
 from slmlib.schema import FINISH, read_jsonl
-from slmlib.values import date_in_words
 
 # The paper's Table 2 (ToolEval pass rate, %), for the side-by-side table; not comparable to ours.
 PAPER = pd.DataFrame({
@@ -194,7 +193,7 @@ def _found_in(value, request: str, observations: list[str]) -> str:
     alone = re.compile(rf"(?<![\w.-]){re.escape(plain)}(?![\w.])") if not isinstance(value, str) else None
     if alone.search(request) if alone else plain in request:
         return "request"
-    if date_in_words(value, request):
+    if dates.in_words(value, request):
         return "words"
     if any(alone.search(o) if alone else as_json in o for o in observations):
         return "observation"

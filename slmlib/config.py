@@ -39,6 +39,7 @@ class DataConfig:
     min_calls: int = 0                     # training trajectories that call fewer tools are left out
     heldout: list[str] = field(default_factory=list)  # training sources whose held-out dialogues become test_heldout (slmlib.heldout)
     heldout_limit: int = -1                # held-out tasks per group (seeded sample); -1 = all
+    date_thoughts: bool = False            # a training step without a Thought that passes a date gets one working it out (slmlib.dates)
 
 
 @dataclass(frozen=True)
@@ -198,8 +199,15 @@ def build(cls: type, data: dict[str, Any], where: str, prefix: str = ""):
     return cls(**{k: _check(v, hints[k], prefix + k, where) for k, v in data.items()})
 
 
-def load(path: str | Path) -> Profile:
-    """Read and validate a profile; ``name`` defaults to the file's stem."""
+def _merged(base: dict, over: dict) -> dict:
+    return {**base, **{k: _merged(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+                       for k, v in over.items()}}
+
+
+def read(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
+    """A profile file's mapping; one that names a ``base`` (another profile of its folder, by stem) is that
+    profile with this file's keys laid over it, mappings merged key by key, so a variant says only what it
+    changes."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text()) or {}
@@ -207,6 +215,21 @@ def load(path: str | Path) -> Profile:
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a profile is a mapping of keys, got {type(data).__name__}")
+    if "base" not in data:
+        return data
+    base = path.parent / f"{data.pop('base')}.yaml"
+    if not base.is_file() or base.resolve() in _seen:
+        raise ConfigError(f"{path}: 'base' names {base}, " + ("which bases itself on this profile" if base.is_file()
+                                                             else "which is not a profile"))
+    inherited = read(base, (*_seen, path.resolve()))
+    inherited.pop("name", None)
+    return _merged(inherited, data)
+
+
+def load(path: str | Path) -> Profile:
+    """Read and validate a profile; ``name`` defaults to the file's stem."""
+    path = Path(path)
+    data = read(path)
     data.setdefault("name", path.stem)
     profile = build(Profile, data, str(path))
     unused = sorted(set(profile.data.train_limits) - {*profile.data.required, *profile.data.optional})

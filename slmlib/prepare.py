@@ -14,7 +14,7 @@ from typing import Iterable
 
 import numpy as np
 
-from slmlib import budget, data, heldout, judge, values
+from slmlib import budget, data, dates, heldout, judge
 from slmlib import toolbench_format as tbf
 from slmlib.config import Profile
 from slmlib.run import atomic_write_json
@@ -45,30 +45,41 @@ def length_report(tasks: list[dict], count, max_length: int, loss_on: str) -> di
             "dates": date_origins(tasks)}
 
 
-def _call_arguments(task: dict) -> Iterable[dict]:
-    """Every call's arguments: a test task's gold calls (their first accepted value), else the trajectory's."""
+def _call_arguments(task: dict) -> Iterable[tuple[dict, str]]:
+    """Every call's arguments with the observations before it: a test task's gold calls (their first accepted
+    value) after the responses recorded for the calls before them, else the trajectory's."""
     if task.get("gold_calls"):
-        yield from ({k: v[0] for k, v in g["arguments"].items() if v} for g in task["gold_calls"])
+        responses = [json.dumps(r["response"], ensure_ascii=False) for r in task.get("replay", [])]
+        for i, g in enumerate(task["gold_calls"]):
+            yield {k: v[0] for k, v in g["arguments"].items() if v}, "\n".join(responses[:i])
         return
-    for c in (c for m in task["messages"] if m["role"] == "assistant" for c in m.get("tool_calls") or []):
-        try:
-            args = json.loads(c["function"]["arguments"])
-        except json.JSONDecodeError:  # a source's own malformed call passes no date
-            continue
-        if c["function"]["name"] != FINISH and isinstance(args, dict):
-            yield args
+    seen = []
+    for m in task["messages"]:
+        if m["role"] == "tool":
+            seen.append(m["content"])
+        for c in (m.get("tool_calls") or []) if m["role"] == "assistant" else []:
+            try:
+                args = json.loads(c["function"]["arguments"])
+            except json.JSONDecodeError:  # a source's own malformed call passes no date
+                continue
+            if c["function"]["name"] != FINISH and isinstance(args, dict):
+                yield args, "\n".join(seen)
 
 
 def date_origins(tasks: list[dict]) -> dict[str, int]:
     """The ISO dates the calls pass (``YYYY-MM-DD``), as the request names them by month and day (``in_words``:
-    rewriting) or not (``worked_out``: "the day after tomorrow", "five days later")."""
-    out = Counter({"in_words": 0, "worked_out": 0})
+    rewriting) or not (``worked_out``: "the day after tomorrow", "five days later"), and of the latter those a
+    dated Thought works out from a named date (``worked_out_from_named``, :func:`slmlib.dates.thought`; the
+    others are read from an observation or named some other way, "Christmas Eve")."""
+    out = Counter({"in_words": 0, "worked_out": 0, "worked_out_from_named": 0})
     for t in tasks:
         request = judge.query_of(t)
-        for args in _call_arguments(t):
-            for v in args.values():
-                if isinstance(v, str) and values.ISO_DATE.match(v):
-                    out["in_words" if values.date_in_words(v, request) else "worked_out"] += 1
+        for args, seen in _call_arguments(t):
+            for k, v in args.items():
+                if isinstance(v, str) and dates.ISO_DATE.match(v):
+                    named = dates.in_words(v, request)
+                    out["in_words" if named else "worked_out"] += 1
+                    out["worked_out_from_named"] += not named and bool(dates.thought(request, {k: v}, seen))
     return dict(out)
 
 
@@ -114,14 +125,19 @@ def prepare(profile: Profile, run_path: str | Path, tokenizer) -> dict:
             held += heldout.tasks(held_out)
         raw = _limited([t for t in raw if len(called_tools(t)) >= cfg.min_calls],
                        cfg.train_limits.get(name, cfg.train_limit), profile.seed)
-        per_source = budget.TrimStats()
+        per_source, thought_steps = budget.TrimStats(), 0
         for task in raw:
+            if cfg.date_thoughts:
+                task, n = dates.with_thoughts(task)
+                thought_steps += n
             fitted = budget.fit(task, count, cfg.max_length, loss_on=profile.train.loss_on,
                                 max_observation_chars=cfg.max_observation_chars,
                                 distractors=cfg.distractor_tools, seed=profile.seed, stats=per_source)
             if fitted is not None:
                 train.append(fitted)
         report["sources"][name] = per_source.as_dict()
+        if cfg.date_thoughts:
+            report["sources"][name]["date_thoughts"] = thought_steps
         stats.merge(per_source)
     if not train:
         raise ValueError("no training trajectory is left after fitting the window: check the sources and max_length")

@@ -14,7 +14,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from slmlib import analysis
+import yaml
+
+from slmlib import analysis, config
 from slmlib.config import REPO
 from slmlib.pipeline import notebook_seconds
 from slmlib.run import atomic_write_json, atomic_write_text, read_json
@@ -290,6 +292,16 @@ def markdown(summary: dict, command: str) -> str:
     return "\n".join(lines)
 
 
+def profile_text(path: Path) -> str:
+    """The profile file as written, or, where it names a ``base``, the whole of what it reads as: the export
+    stands alone."""
+    text = path.read_text(encoding="utf-8")
+    if "base" not in (yaml.safe_load(text) or {}):
+        return text
+    return (f"# {path.name} laid over its base, as `slmlib.config.read` gives it\n"
+            + yaml.safe_dump(config.read(path), sort_keys=False, width=120))
+
+
 def relative(text: str) -> str:
     """``text`` with this checkout's absolute paths made relative to the repository (``/…/main/params`` ->
     ``params``, ``/…/shared/data`` -> ``../shared/data``): committed files do not name the machine that made them."""
@@ -323,7 +335,7 @@ def export(run_path: str | Path, out_dir: str | Path = "results", *, command: st
     atomic_write_text(out / "metrics.csv", table.to_csv(index=False))
     profile_file = summary["profile_file"] and REPO / summary["profile_file"]  # relative to the repository now
     if profile_file and profile_file.is_file():
-        atomic_write_text(out / "profile.yaml", profile_file.read_text(encoding="utf-8"))
+        atomic_write_text(out / "profile.yaml", profile_text(profile_file))
     exporter = HTMLExporter()
     for stem in HTML_NOTEBOOKS:
         if (run / f"{stem}.ipynb").is_file():

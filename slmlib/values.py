@@ -61,20 +61,3 @@ def schema_errors(tool: dict, arguments: dict) -> list[tuple[ErrorLabel, str]]:
         elif props[key].get("enum") and value not in props[key]["enum"]:
             errors.append((ErrorLabel.VALUE_ERROR, f"'{key}' must be one of {props[key]['enum']}, got {value!r}"))
     return errors
-
-
-ISO_DATE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})$")
-MONTHS = ("january", "february", "march", "april", "may", "june", "july", "august", "september", "october",
-          "november", "december")
-
-
-def date_in_words(value: Any, text: str) -> bool:
-    """Whether ``text`` names the ISO date ``value`` by its month and day ("December 10th", "Dec. 10", "10 of
-    December"), so that writing it takes only rewriting; "the day after tomorrow" or "Christmas Eve" does not. The
-    year is not looked at: a request that names one names it once, often far from the day."""
-    m = ISO_DATE.match(value) if isinstance(value, str) else None
-    if not m or not 1 <= int(m.group(2)) <= 12:
-        return False
-    month, day = MONTHS[int(m.group(2)) - 1][:3], int(m.group(3))
-    word, number = rf"\b{month}[a-z]*\.?", rf"\b0?{day}(?:st|nd|rd|th)?\b"
-    return re.search(rf"{word},?\s+{number}|{number}\s+(?:of\s+)?{word}", text, re.IGNORECASE) is not None

@@ -115,17 +115,49 @@ def test_values_used_by_later_calls_survive_compaction(cfb):
 
 
 def test_dates_are_sorted_into_named_and_worked_out(cfb):
+    from slmlib.dates import in_words as date_in_words
     from slmlib.prepare import date_origins
-    from slmlib.values import date_in_words
     said = ["on December 10th, 2024", "Dec. 10", "the 10 of December", "December 10"]
     assert all(date_in_words("2024-12-10", t) for t in said)
     assert not any(date_in_words("2024-12-10", t) for t in
                    ["December 1st", "November 10th", "Today is December 8th, so the day after tomorrow", "2024-12-10"])
     assert not date_in_words("December 10", "December 10") and not date_in_words(20241210, "December 10")
-    # every date of the 200 test tasks is written out of words; 164 of them must be reckoned from another
-    assert date_origins(cfb[1]) == {"in_words": 269, "worked_out": 164}
+    # every date of the 200 test tasks is written out of words; 164 of them must be reckoned from another, 125
+    # from a date the request names at most 14 days before (the rest are read from an observation, or holidays)
+    assert date_origins(cfb[1]) == {"in_words": 269, "worked_out": 164, "worked_out_from_named": 125}
     train = date_origins(cfb[0])
-    assert train["in_words"] > train["worked_out"] > 500
+    assert train["in_words"] > train["worked_out"] > train["worked_out_from_named"] > 400
+
+
+def test_a_dated_step_works_its_date_out_in_its_thought(cfb):
+    from slmlib import dates
+    assert dates.thought("Today is November 15th, 2024. A car the day after tomorrow, please.",
+                         {"pick_up_date": "2024-11-17", "passengers": 2}) == \
+        "pick_up_date is 2 days after November 15th, 2024 (2024-11-15): 2024-11-17."
+    assert dates.thought("Check in on Dec. 10,\n2024 for two nights", {"checkin": "2024-12-10", "checkout": "2024-12-12"}) == \
+        "checkin is Dec. 10, 2024: 2024-12-10. checkout is 2 days after Dec. 10, 2024 (2024-12-10): 2024-12-12."
+    assert dates.thought("from December 30th, five nights", {"checkout": "2025-01-04"}).startswith("checkout is 5 days after")
+    assert dates.thought("the cheapest day around November 25", {"d": "2024-11-27"}, seen='{"day": "2024-11-27"}') == ""
+    assert dates.thought("at noon on Christmas Eve in 2024", {"d": "2024-12-24"}) == ""      # no named date before it
+    assert dates.thought("on October 10, 2024", {"d": "2024-11-10"}) == ""                  # a month off: the data's slip
+    train = cfb[0]
+    before = json.dumps(train)
+    steps = 0
+    for task in train:
+        thought_of, n = dates.with_thoughts(task)
+        steps += n
+        for old, new in zip(task["messages"], thought_of["messages"]):
+            if new.get("thought") != old.get("thought"):
+                call = json.loads(new["tool_calls"][0]["function"]["arguments"])
+                assert not old.get("thought") and "\n" not in new["thought"]
+                # every date the thought ends a clause with is one the call passes, and it parses back whole
+                assert set(re.findall(r": (\d{4}-\d{2}-\d{2})\.", new["thought"])) <= set(call.values())
+                step = tbf.message_step(new)
+                assert tbf.parse_step(tbf.render_step(step)).thought == new["thought"]
+            else:
+                assert new == old
+    assert json.dumps(train) == before  # the tasks given are left as they were
+    assert 900 < steps < 1100  # of the 800 train tasks' dated steps (1,015 when written)
 
 
 def test_missing_required_source_says_how_to_fetch(tmp_path):
@@ -206,6 +238,13 @@ def test_a_per_source_limit_weights_the_training_mix(tmp_path, data_root):
     groups = {name: len({t["group"] for t in data.load(name, str(data_root), "train")}) for name in ("complexfuncbench", "apibank")}
     assert report["sources"]["complexfuncbench"]["seen"] == 3 * groups["complexfuncbench"]  # the override
     assert report["sources"]["apibank"]["seen"] == 1 * groups["apibank"]                    # the profile-wide limit
+    assert "date_thoughts" not in report["sources"]["complexfuncbench"]  # off unless a profile asks
+    p.write_text(p.read_text() + "  date_thoughts: true\n")
+    report = prepare.prepare(config.load(p), tmp_path / "dated", models.load_tokenizer("tiny-opt"))
+    rows = schema.read_jsonl(tmp_path / "dated" / "data" / "train.jsonl")
+    thoughts = [m["thought"] for t in rows for m in t["messages"] if m.get("thought") and t["source"] == "complexfuncbench"]
+    assert report["sources"]["complexfuncbench"]["date_thoughts"] >= len(thoughts) > 0  # a cut step loses its own
+    assert all(re.search(r": \d{4}-\d{2}-\d{2}\.$", t) for t in thoughts)
 
 
 def test_heldout_split_is_fixed_and_never_meets_the_training_rows(data_root):

@@ -12,7 +12,7 @@ from slmlib.run import CannotResume, RunDir, RunExists, atomic_write_json, read_
 from conftest import REPO
 
 
-@pytest.mark.parametrize("name", ["smoke", "default", "cpu-full", "cpu-long", "cpu-compare", "cpu-session", "paper", "workshop"])
+@pytest.mark.parametrize("name", ["smoke", "default", "cpu-full", "cpu-long", "cpu-compare", "cpu-session", "cpu-session-dates", "paper", "workshop"])
 def test_profiles_load(name):
     profile = config.load(REPO / "params" / f"{name}.yaml")
     assert profile.name == name and profile.data.max_length <= 2048
@@ -85,6 +85,28 @@ def test_per_source_training_limits_are_checked(tmp_path):
     p.write_text("data:\n  train_limits: {glaive: 10}\n")  # a source this profile does not read: a typo or a no-op
     with pytest.raises(config.ConfigError, match=r"'data\.train_limits\.glaive' names a source the profile does not read"):
         config.load(p)
+
+
+def test_a_profile_on_a_base_says_only_what_it_changes(tmp_path):
+    from slmlib.results import profile_text
+    (tmp_path / "parent.yaml").write_text("seed: 3\ndata:\n  max_length: 1024\n  train_limit: 7\neval:\n  max_steps: 4\n")
+    child = tmp_path / "child.yaml"
+    child.write_text("base: parent\ndata:\n  train_limit: 2\n  date_thoughts: true\n")
+    profile = config.load(child)
+    assert profile.name == "child" and profile.seed == 3 and profile.eval.max_steps == 4
+    assert (profile.data.max_length, profile.data.train_limit, profile.data.date_thoughts) == (1024, 2, True)
+    exported = yaml.safe_load(profile_text(child))  # an export stands alone: the base's keys written out
+    assert exported["data"] == {"max_length": 1024, "train_limit": 2, "date_thoughts": True} and "base" not in exported
+    dated = config.load(REPO / "params" / "cpu-session-dates.yaml").to_dict()
+    plain = config.load(REPO / "params" / "cpu-session.yaml").to_dict()
+    assert {k for k in plain if plain[k] != dated[k]} == {"name", "about", "data"}
+    assert {k for k in plain["data"] if plain["data"][k] != dated["data"][k]} == {"date_thoughts"}
+    for text, message in [("base: nowhere\n", r"child\.yaml: 'base' names .*nowhere\.yaml, which is not a profile"),
+                          ("base: child\n", "which bases itself on this profile"),
+                          ("base: parent\ndata:\n  train_limt: 2\n", r"child\.yaml.*'data\.train_limt'")]:
+        child.write_text(text)
+        with pytest.raises(config.ConfigError, match=message):
+            config.load(child)
 
 
 def test_the_readme_documents_every_profile_key():

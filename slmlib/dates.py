@@ -1,0 +1,107 @@
+"""Dates as a request names them ("December 10th, 2024", "Dec. 10", "10 of December") and as calls pass them
+(ISO ``YYYY-MM-DD``), and a Thought that works a call's dates out from the ones the request names.
+
+ComplexFuncBench's calls never pass a date as the request writes it: 269 of its 433 test dates are rewritten from
+words and 164 reckoned from one ("Today is November 15th, 2024 ... the day after tomorrow"). Its trajectories carry
+no Thoughts, so a model trained on them writes the date in one jump; :func:`thought` spells the jump out (the named
+date, its ISO form, the days after it) for training to show.
+"""
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import json
+import re
+from typing import Any
+
+from slmlib.judge import query_of
+
+ISO_DATE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})$")
+MONTHS = ("january", "february", "march", "april", "may", "june", "july", "august", "september", "october",
+          "november", "december")
+_MONTH = rf"\b(?P<{{}}>{'|'.join(m[:3] for m in MONTHS)})[a-z]*\.?"
+MAX_DAYS = 14  # further from every named date, a date comes from a chain of stays or is the data's own slip
+_DAY = r"\b0?(?P<{}>\d{{1,2}})(?:st|nd|rd|th)?\b"
+_YEAR = r"(?:,?\s+(?P<{}>\d{{4}})\b)?"
+NAMED = re.compile(rf"{_MONTH.format('m1')},?\s+{_DAY.format('d1')}{_YEAR.format('y1')}"
+                   rf"|{_DAY.format('d2')}\s+(?:of\s+)?{_MONTH.format('m2')}{_YEAR.format('y2')}", re.IGNORECASE)
+
+
+def named(text: str) -> list[tuple[str, int, int, int | None]]:
+    """The dates ``text`` names by month and day, in order: (as written, month, day, year or None)."""
+    out = []
+    for m in NAMED.finditer(text):
+        month, day, year = (m.group("m1"), m.group("d1"), m.group("y1")) if m.group("m1") else \
+            (m.group("m2"), m.group("d2"), m.group("y2"))
+        if 1 <= int(day) <= 31:
+            out.append((" ".join(m.group(0).split()), MONTHS.index(next(n for n in MONTHS if n.startswith(month.lower()))) + 1,
+                        int(day), int(year) if year else None))
+    return out
+
+
+def iso(value: Any) -> dt.date | None:
+    m = ISO_DATE.match(value) if isinstance(value, str) else None
+    try:
+        return dt.date(*map(int, m.groups())) if m else None
+    except ValueError:  # "2024-02-30" is not a date
+        return None
+
+
+def in_words(value: Any, text: str) -> bool:
+    """Whether ``text`` names the ISO date ``value`` by its month and day, so that writing it takes only rewriting;
+    "the day after tomorrow" or "Christmas Eve" does not. The year is not looked at: a request that names one names
+    it once, often far from the day."""
+    m = ISO_DATE.match(value) if isinstance(value, str) else None
+    return m is not None and (int(m.group(2)), int(m.group(3))) in {(mo, d) for _, mo, d, _ in named(text)}
+
+
+def _anchors(text: str, year: int) -> list[tuple[str, dt.date]]:
+    """The request's named dates as dates; one named without its year may fall in ``year`` or the one before
+    ("December 30th ... five nights later" passes 2025-01-04)."""
+    out = []
+    for words, month, day, y in named(text):
+        for candidate in ([y] if y else [year, year - 1]):
+            try:
+                out.append((words, dt.date(candidate, month, day)))
+            except ValueError:  # "February 30th"
+                continue
+    return out
+
+
+def thought(request: str, arguments: dict, seen: str = "") -> str:
+    """One line working out each ISO date ``arguments`` pass from the named date of ``request`` nearest before it
+    (or on it, at most ``MAX_DAYS`` before): "pick_up_date is 2 days after November 15th, 2024 (2024-11-15): 2024-11-17." A date that the
+    observations so far (``seen``) hold is read from them, not reckoned, and gets no clause ("the cheapest day
+    around November 25"). Empty when no date is left to work out."""
+    clauses = []
+    for key, value in arguments.items():
+        day = iso(value)
+        if day is None or value in seen:
+            continue
+        before = [(words, d) for words, d in _anchors(request, day.year) if 0 <= (day - d).days <= MAX_DAYS]
+        if not before:
+            continue
+        words, anchor = min(before, key=lambda a: (day - a[1]).days)
+        days = (day - anchor).days
+        clauses.append(f"{key} is {words}: {value}." if days == 0 else
+                       f"{key} is {days} day{'s' * (days != 1)} after {words} ({anchor.isoformat()}): {value}.")
+    return " ".join(clauses)
+
+
+def with_thoughts(task: dict) -> tuple[dict, int]:
+    """``task`` with a :func:`thought` on each call step that has none and passes a date it works out, and how
+    many steps got one; a step that already thinks keeps its own words."""
+    task = copy.deepcopy(task)
+    request = query_of(task)
+    seen, n = [], 0
+    for m in task["messages"]:
+        if m["role"] == "tool":
+            seen.append(m["content"])
+        elif m["role"] == "assistant" and not m.get("thought") and m.get("tool_calls"):
+            try:
+                args = json.loads(m["tool_calls"][0]["function"]["arguments"])
+            except json.JSONDecodeError:
+                continue
+            if isinstance(args, dict) and (text := thought(request, args, "\n".join(seen))):
+                m["thought"], n = text, n + 1
+    return task, n
