@@ -68,13 +68,22 @@ def _anchors(text: str, year: int) -> list[tuple[str, dt.date]]:
     return out
 
 
+def leaves(arguments: dict, prefix: str = "") -> list[tuple[str, Any]]:
+    """Every value of the arguments, nested ones by their path (``legs[1].date``)."""
+    out = []
+    for key, value in (arguments.items() if isinstance(arguments, dict) else enumerate(arguments)):
+        path = f"{prefix}[{key}]" if isinstance(arguments, list) else f"{prefix}.{key}" if prefix else str(key)
+        out += leaves(value, path) if isinstance(value, (dict, list)) else [(path, value)]
+    return out
+
+
 def thought(request: str, arguments: dict, seen: str = "") -> str:
     """One line working out each ISO date ``arguments`` pass from the named date of ``request`` nearest before it
     (or on it, at most ``MAX_DAYS`` before): "pick_up_date is 2 days after November 15th, 2024 (2024-11-15): 2024-11-17." A date that the
     observations so far (``seen``) hold is read from them, not reckoned, and gets no clause ("the cheapest day
     around November 25"). Empty when no date is left to work out."""
     clauses = []
-    for key, value in arguments.items():
+    for key, value in leaves(arguments):
         day = iso(value)
         if day is None or value in seen:
             continue

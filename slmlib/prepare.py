@@ -75,7 +75,7 @@ def date_origins(tasks: list[dict]) -> dict[str, int]:
     for t in tasks:
         request = judge.query_of(t)
         for args, seen in _call_arguments(t):
-            for k, v in args.items():
+            for k, v in dates.leaves(args):
                 if isinstance(v, str) and dates.ISO_DATE.match(v):
                     named = dates.in_words(v, request)
                     out["in_words" if named else "worked_out"] += 1
