@@ -79,10 +79,11 @@ def leaves(arguments: dict, prefix: str = "") -> list[tuple[str, Any]]:
 
 def thought(request: str, arguments: dict, seen: str = "") -> str:
     """One line working out each ISO date ``arguments`` pass from the named date of ``request`` nearest before it
-    (or on it, at most ``MAX_DAYS`` before): "pick_up_date is 2 days after November 15th, 2024 (2024-11-15): 2024-11-17." A date that the
-    observations so far (``seen``) hold is read from them, not reckoned, and gets no clause ("the cheapest day
-    around November 25"). Empty when no date is left to work out."""
-    clauses = []
+    (or on it, at most ``MAX_DAYS`` before): "November 15th, 2024 is 2024-11-15; pick_up_date +2 days: 2024-11-17."
+    Each named date is written in ISO once, a date on it needs nothing more. A date that the observations so far
+    (``seen``) hold is read from them, not reckoned, and gets no clause ("the cheapest day around November 25").
+    Empty when no date is left to work out."""
+    clauses, stated = [], set()
     for key, value in leaves(arguments):
         day = iso(value)
         if day is None or value in seen:
@@ -91,10 +92,13 @@ def thought(request: str, arguments: dict, seen: str = "") -> str:
         if not before:
             continue
         words, anchor = min(before, key=lambda a: (day - a[1]).days)
+        if anchor not in stated:
+            clauses.append(f"{words} is {anchor.isoformat()}")
+            stated.add(anchor)
         days = (day - anchor).days
-        clauses.append(f"{key} is {words}: {value}." if days == 0 else
-                       f"{key} is {days} day{'s' * (days != 1)} after {words} ({anchor.isoformat()}): {value}.")
-    return " ".join(clauses)
+        if days:
+            clauses.append(f"{key} +{days} day{'s' * (days != 1)}: {value}")
+    return "; ".join(clauses) + "." if clauses else ""
 
 
 def with_thoughts(task: dict) -> tuple[dict, int]:

@@ -130,37 +130,41 @@ def test_dates_are_sorted_into_named_and_worked_out(cfb):
     assert train["in_words"] > train["worked_out"] > train["worked_out_from_named"] > 400
 
 
-def test_a_dated_step_works_its_date_out_in_its_thought(cfb):
+def test_a_dated_step_works_its_date_out_in_its_thought(cfb, smol_tokenizer):
     from slmlib import dates
     assert dates.thought("Today is November 15th, 2024. A car the day after tomorrow, please.",
                          {"pick_up_date": "2024-11-17", "passengers": 2}) == \
-        "pick_up_date is 2 days after November 15th, 2024 (2024-11-15): 2024-11-17."
+        "November 15th, 2024 is 2024-11-15; pick_up_date +2 days: 2024-11-17."
     assert dates.thought("Check in on Dec. 10,\n2024 for two nights", {"checkin": "2024-12-10", "checkout": "2024-12-12"}) == \
-        "checkin is Dec. 10, 2024: 2024-12-10. checkout is 2 days after Dec. 10, 2024 (2024-12-10): 2024-12-12."
-    assert dates.thought("from December 30th, five nights", {"checkout": "2025-01-04"}).startswith("checkout is 5 days after")
+        "Dec. 10, 2024 is 2024-12-10; checkout +2 days: 2024-12-12."  # a date on the named one needs nothing more
+    assert dates.thought("from December 30th, five nights", {"checkout": "2025-01-04"}) == \
+        "December 30th is 2024-12-30; checkout +5 days: 2025-01-04."  # the year before the date's
     assert dates.thought("the cheapest day around November 25", {"d": "2024-11-27"}, seen='{"day": "2024-11-27"}') == ""
     assert dates.thought("at noon on Christmas Eve in 2024", {"d": "2024-12-24"}) == ""      # no named date before it
     assert dates.thought("on October 10, 2024", {"d": "2024-11-10"}) == ""                  # a month off: the data's slip
     assert dates.thought("around November 5, 2024, a week in each city", {"legs": [{"date": "2024-11-05"}, {"date": "2024-11-12"}]}) == \
-        "legs[0].date is November 5, 2024: 2024-11-05. legs[1].date is 7 days after November 5, 2024 (2024-11-05): 2024-11-12."
+        "November 5, 2024 is 2024-11-05; legs[1].date +7 days: 2024-11-12."
     train = cfb[0]
     before = json.dumps(train)
-    steps = 0
+    steps, lengths = 0, []
     for task in train:
         thought_of, n = dates.with_thoughts(task)
         steps += n
+        lengths += [len(smol_tokenizer(m["thought"])["input_ids"]) for m in thought_of["messages"] if m.get("thought")]
         for old, new in zip(task["messages"], thought_of["messages"]):
             if new.get("thought") != old.get("thought"):
                 call = json.loads(new["tool_calls"][0]["function"]["arguments"])
                 assert not old.get("thought") and "\n" not in new["thought"]
                 # every date the thought ends a clause with is one the call passes, and it parses back whole
-                assert set(re.findall(r": (\d{4}-\d{2}-\d{2})\.", new["thought"])) <= {v for _, v in dates.leaves(call)}
+                assert set(re.findall(r": (\d{4}-\d{2}-\d{2})[;.]", new["thought"])) <= {v for _, v in dates.leaves(call)}
                 step = tbf.message_step(new)
                 assert tbf.parse_step(tbf.render_step(step)).thought == new["thought"]
             else:
                 assert new == old
     assert json.dumps(train) == before  # the tasks given are left as they were
     assert 1000 < steps < 1250  # of the 800 train tasks' dated steps (1,136 when written)
+    # the grammar gives a Thought a third of the step's 256 new tokens: all but one fit (41 tokens at the median)
+    assert sorted(lengths)[len(lengths) // 2] < 50 and sum(n > 256 // 3 for n in lengths) <= 1
 
 
 def test_missing_required_source_says_how_to_fetch(tmp_path):
@@ -247,7 +251,7 @@ def test_a_per_source_limit_weights_the_training_mix(tmp_path, data_root):
     rows = schema.read_jsonl(tmp_path / "dated" / "data" / "train.jsonl")
     thoughts = [m["thought"] for t in rows for m in t["messages"] if m.get("thought") and t["source"] == "complexfuncbench"]
     assert report["sources"]["complexfuncbench"]["date_thoughts"] >= len(thoughts) > 0  # a cut step loses its own
-    assert all(re.search(r": \d{4}-\d{2}-\d{2}\.$", t) for t in thoughts)
+    assert all(re.search(r"\d{4}-\d{2}-\d{2}\.$", t) for t in thoughts)
 
 
 def test_heldout_split_is_fixed_and_never_meets_the_training_rows(data_root):
