@@ -1,8 +1,8 @@
 """Dates as a request names them ("December 10th, 2024", "Dec. 10", "10 of December") and as calls pass them
 (ISO ``YYYY-MM-DD``), and a Thought that works a call's dates out from the ones the request names.
 
-ComplexFuncBench's calls never pass a date as the request writes it: 269 of its 433 test dates are rewritten from
-words and 164 reckoned from one ("Today is November 15th, 2024 ... the day after tomorrow"). Its trajectories carry
+ComplexFuncBench's calls never pass a date as the request writes it: 302 of its 503 test dates are rewritten from
+words and 201 reckoned from one ("Today is November 15th, 2024 ... the day after tomorrow"). Its trajectories carry
 no Thoughts, so a model trained on them writes the date in one jump; :func:`thought` spells the jump out (the named
 date, its ISO form, the days after it) for training to show.
 """
@@ -19,8 +19,8 @@ from slmlib.judge import query_of
 ISO_DATE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})$")
 MONTHS = ("january", "february", "march", "april", "may", "june", "july", "august", "september", "october",
           "november", "december")
-_MONTH = rf"\b(?P<{{}}>{'|'.join(m[:3] for m in MONTHS)})[a-z]*\.?"
 MAX_DAYS = 14  # further from every named date, a date comes from a chain of stays or is the data's own slip
+_MONTH = rf"\b(?P<{{}}>{'|'.join(m[:3] for m in MONTHS)})[a-z]*\.?"
 _DAY = r"\b0?(?P<{}>\d{{1,2}})(?:st|nd|rd|th)?\b"
 _YEAR = r"(?:,?\s+(?P<{}>\d{{4}})\b)?"
 NAMED = re.compile(rf"{_MONTH.format('m1')},?\s+{_DAY.format('d1')}{_YEAR.format('y1')}"
@@ -33,9 +33,9 @@ def named(text: str) -> list[tuple[str, int, int, int | None]]:
     for m in NAMED.finditer(text):
         month, day, year = (m.group("m1"), m.group("d1"), m.group("y1")) if m.group("m1") else \
             (m.group("m2"), m.group("d2"), m.group("y2"))
+        number = next(i for i, name in enumerate(MONTHS, 1) if name.startswith(month.lower()))
         if 1 <= int(day) <= 31:
-            out.append((" ".join(m.group(0).split()), MONTHS.index(next(n for n in MONTHS if n.startswith(month.lower()))) + 1,
-                        int(day), int(year) if year else None))
+            out.append((" ".join(m.group(0).split()), number, int(day), int(year) if year else None))
     return out
 
 
