@@ -39,6 +39,7 @@ class DataConfig:
     min_calls: int = 0                     # training trajectories that call fewer tools are left out
     heldout: list[str] = field(default_factory=list)  # training sources whose held-out dialogues become test_heldout (slmlib.heldout)
     heldout_limit: int = -1                # held-out tasks per group (seeded sample); -1 = all
+    argument_order: Literal["as_written", "schema"] = "as_written"  # schema: training calls' arguments in their tool's property order, the grammar's
     date_thoughts: bool = False            # a training step without a Thought that passes a date gets one working it out (slmlib.dates)
 
 

@@ -18,7 +18,7 @@ from slmlib import budget, data, dates, heldout, judge
 from slmlib import toolbench_format as tbf
 from slmlib.config import Profile
 from slmlib.run import atomic_write_json
-from slmlib.schema import FINISH, called_tools, iter_jsonl, write_jsonl
+from slmlib.schema import FINISH, called_tools, in_schema_order, iter_jsonl, write_jsonl
 
 TEST_ONLY = {"stabletoolbench"}
 PERCENTILES = (50, 90, 99, 100)
@@ -125,11 +125,14 @@ def prepare(profile: Profile, run_path: str | Path, tokenizer) -> dict:
             held += heldout.tasks(held_out)
         raw = _limited([t for t in raw if len(called_tools(t)) >= cfg.min_calls],
                        cfg.train_limits.get(name, cfg.train_limit), profile.seed)
-        per_source, thought_steps = budget.TrimStats(), 0
+        per_source, thought_steps, reordered = budget.TrimStats(), 0, 0
         for task in raw:
             if cfg.date_thoughts:
                 task, n = dates.with_thoughts(task)
                 thought_steps += n
+            if cfg.argument_order == "schema":
+                task, n = in_schema_order(task)
+                reordered += n
             fitted = budget.fit(task, count, cfg.max_length, loss_on=profile.train.loss_on,
                                 max_observation_chars=cfg.max_observation_chars,
                                 distractors=cfg.distractor_tools, seed=profile.seed, stats=per_source)
@@ -138,6 +141,8 @@ def prepare(profile: Profile, run_path: str | Path, tokenizer) -> dict:
         report["sources"][name] = per_source.as_dict()
         if cfg.date_thoughts:
             report["sources"][name]["date_thoughts"] = thought_steps
+        if cfg.argument_order == "schema":
+            report["sources"][name]["calls_reordered"] = reordered
         stats.merge(per_source)
     if not train:
         raise ValueError("no training trajectory is left after fitting the window: check the sources and max_length")

@@ -167,6 +167,31 @@ def test_a_dated_step_works_its_date_out_in_its_thought(cfb, smol_tokenizer):
     assert sorted(lengths)[len(lengths) // 2] < 50 and sum(n > 256 // 3 for n in lengths) <= 1
 
 
+def test_training_calls_can_take_the_order_the_grammar_writes(cfb):
+    from slmlib.schema import in_schema_order
+    moved = 0
+    for task in cfb[0]:
+        ordered, n = in_schema_order(task)
+        moved += n
+        order = {t["name"]: list(t["parameters"]["properties"]) for t in task["tools"]}
+        for old, new in zip(task["messages"], ordered["messages"]):
+            for a, b in zip(old.get("tool_calls") or [], new.get("tool_calls") or []):
+                before, after = json.loads(a["function"]["arguments"]), json.loads(b["function"]["arguments"])
+                assert before == after  # the same call, only its keys' order changes
+                known = [k for k in after if k in order.get(b["function"]["name"], [])]
+                assert known == [k for k in order.get(b["function"]["name"], []) if k in after]
+                assert (a == b) == (list(before) == list(after))  # a call in order keeps its text
+    # ComplexFuncBench's specs list parameters in their own order, its calls in another: 1,145 train calls move
+    assert 1000 < moved < 1300
+    differs = Counter(list(g["arguments"]) != [k for k in t["tools"][[x["name"] for x in t["tools"]].index(g["name"])]
+                                              ["parameters"]["properties"] if k in g["arguments"]]
+                      for t in cfb[1] for g in t["replay"] if len(g["arguments"]) > 1)
+    assert differs == {True: 262, False: 144}  # the test split's gold calls: the grammar writes 262 of 406 otherwise
+    bad = {"messages": [{"role": "assistant", "tool_calls": [schema.tool_call("f", "{not json")]}],
+           "tools": [{"name": "f", "parameters": {"properties": {"a": {}}}}]}
+    assert in_schema_order(bad) == (bad, 0)
+
+
 def test_missing_required_source_says_how_to_fetch(tmp_path):
     with pytest.raises(data.MissingSource, match="python -m slmlib data fetch toolbench"):
         data.check_sources(["toolbench"], [], tmp_path)
@@ -252,6 +277,9 @@ def test_a_per_source_limit_weights_the_training_mix(tmp_path, data_root):
     thoughts = [m["thought"] for t in rows for m in t["messages"] if m.get("thought") and t["source"] == "complexfuncbench"]
     assert report["sources"]["complexfuncbench"]["date_thoughts"] >= len(thoughts) > 0  # a cut step loses its own
     assert all(re.search(r"\d{4}-\d{2}-\d{2}\.$", t) for t in thoughts)
+    p.write_text(p.read_text() + "  argument_order: schema\n")
+    report = prepare.prepare(config.load(p), tmp_path / "ordered", models.load_tokenizer("tiny-opt"))
+    assert report["sources"]["complexfuncbench"]["calls_reordered"] > 0
 
 
 def test_heldout_split_is_fixed_and_never_meets_the_training_rows(data_root):

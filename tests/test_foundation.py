@@ -12,7 +12,7 @@ from slmlib.run import CannotResume, RunDir, RunExists, atomic_write_json, read_
 from conftest import REPO
 
 
-@pytest.mark.parametrize("name", ["smoke", "default", "cpu-full", "cpu-long", "cpu-compare", "cpu-session", "cpu-session-dates", "paper", "workshop"])
+@pytest.mark.parametrize("name", ["smoke", "default", "cpu-full", "cpu-long", "cpu-compare", "cpu-session", "cpu-session-levers", "paper", "workshop"])
 def test_profiles_load(name):
     profile = config.load(REPO / "params" / f"{name}.yaml")
     assert profile.name == name and profile.data.max_length <= 2048
@@ -97,10 +97,10 @@ def test_a_profile_on_a_base_says_only_what_it_changes(tmp_path):
     assert (profile.data.max_length, profile.data.train_limit, profile.data.date_thoughts) == (1024, 2, True)
     exported = yaml.safe_load(profile_text(child))  # an export stands alone: the base's keys written out
     assert exported["data"] == {"max_length": 1024, "train_limit": 2, "date_thoughts": True} and "base" not in exported
-    dated = config.load(REPO / "params" / "cpu-session-dates.yaml").to_dict()
+    dated = config.load(REPO / "params" / "cpu-session-levers.yaml").to_dict()
     plain = config.load(REPO / "params" / "cpu-session.yaml").to_dict()
     assert {k for k in plain if plain[k] != dated[k]} == {"name", "about", "data"}
-    assert {k for k in plain["data"] if plain["data"][k] != dated["data"][k]} == {"date_thoughts"}
+    assert {k for k in plain["data"] if plain["data"][k] != dated["data"][k]} == {"date_thoughts", "argument_order"}
     for text, message in [("base: nowhere\n", r"child\.yaml: 'base' names .*nowhere\.yaml, which is not a profile"),
                           ("base: child\n", "which bases itself on this profile"),
                           ("base: parent\ndata:\n  train_limt: 2\n", r"child\.yaml.*'data\.train_limt'")]:
