@@ -219,9 +219,10 @@ def read(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
     if "base" not in data:
         return data
     base = path.parent / f"{data.pop('base')}.yaml"
-    if not base.is_file() or base.resolve() in _seen:
-        raise ConfigError(f"{path}: 'base' names {base}, " + ("which bases itself on this profile" if base.is_file()
-                                                             else "which is not a profile"))
+    if not base.is_file():
+        raise ConfigError(f"{path}: 'base' names {base}, which is not a profile")
+    if base.resolve() in _seen:
+        raise ConfigError(f"{path}: 'base' names {base}, which bases itself on this profile")
     inherited = read(base, (*_seen, path.resolve()))
     inherited.pop("name", None)
     return _merged(inherited, data)

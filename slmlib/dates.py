@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
-import json
 import re
 from typing import Any
 
 from slmlib.judge import query_of
+from slmlib.schema import parsed_calls
 
 ISO_DATE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})$")
 MONTHS = ("january", "february", "march", "april", "may", "june", "july", "august", "september", "october",
@@ -104,17 +104,9 @@ def thought(request: str, arguments: dict, seen: str = "") -> str:
 def with_thoughts(task: dict) -> tuple[dict, int]:
     """``task`` with a :func:`thought` on each call step that has none and passes a date it works out, and how
     many steps got one; a step that already thinks keeps its own words."""
-    task = copy.deepcopy(task)
+    task, n = copy.deepcopy(task), 0
     request = query_of(task)
-    seen, n = [], 0
-    for m in task["messages"]:
-        if m["role"] == "tool":
-            seen.append(m["content"])
-        elif m["role"] == "assistant" and not m.get("thought") and m.get("tool_calls"):
-            try:
-                args = json.loads(m["tool_calls"][0]["function"]["arguments"])
-            except json.JSONDecodeError:
-                continue
-            if isinstance(args, dict) and (text := thought(request, args, "\n".join(seen))):
-                m["thought"], n = text, n + 1
+    for m, call, args, seen in parsed_calls(task):
+        if call is m["tool_calls"][0] and not m.get("thought") and (text := thought(request, args, seen)):
+            m["thought"], n = text, n + 1
     return task, n

@@ -18,7 +18,7 @@ from slmlib import budget, data, dates, heldout, judge
 from slmlib import toolbench_format as tbf
 from slmlib.config import Profile
 from slmlib.run import atomic_write_json
-from slmlib.schema import FINISH, called_tools, in_schema_order, iter_jsonl, write_jsonl
+from slmlib.schema import FINISH, called_tools, in_schema_order, iter_jsonl, parsed_calls, write_jsonl
 
 TEST_ONLY = {"stabletoolbench"}
 PERCENTILES = (50, 90, 99, 100)
@@ -53,17 +53,7 @@ def _call_arguments(task: dict) -> Iterable[tuple[dict, str]]:
         for i, g in enumerate(task["gold_calls"]):
             yield {k: v[0] for k, v in g["arguments"].items() if v}, "\n".join(responses[:i])
         return
-    seen = []
-    for m in task["messages"]:
-        if m["role"] == "tool":
-            seen.append(m["content"])
-        for c in (m.get("tool_calls") or []) if m["role"] == "assistant" else []:
-            try:
-                args = json.loads(c["function"]["arguments"])
-            except json.JSONDecodeError:  # a source's own malformed call passes no date
-                continue
-            if c["function"]["name"] != FINISH and isinstance(args, dict):
-                yield args, "\n".join(seen)
+    yield from ((args, seen) for _, c, args, seen in parsed_calls(task) if c["function"]["name"] != FINISH)
 
 
 def date_origins(tasks: list[dict]) -> dict[str, int]:

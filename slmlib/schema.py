@@ -31,6 +31,7 @@ A **task file** holds one JSON object a line::
 """
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -241,22 +242,33 @@ def called_tools(task: dict) -> list[str]:
             for c in m.get("tool_calls", []) if c["function"]["name"] != FINISH]
 
 
+def parsed_calls(task: dict) -> Iterator[tuple[dict, dict, dict, str]]:
+    """Each assistant call whose arguments are a JSON object, in order: (its message, the call, the arguments, the
+    observations before it); a source's own malformed call is passed over."""
+    seen = []
+    for m in task["messages"]:
+        if m["role"] == "tool":
+            seen.append(m["content"])
+        for call in (m.get("tool_calls") or []) if m["role"] == "assistant" else []:
+            try:
+                args = json.loads(call["function"]["arguments"])
+            except json.JSONDecodeError:
+                continue
+            if isinstance(args, dict):
+                yield m, call, args, "\n".join(seen)
+
+
 def in_schema_order(task: dict) -> tuple[dict, int]:
     """``task`` with each call's arguments in its tool's property order, the order a grammar writes them
     (llguidance keeps a schema's order), and how many calls moved; keys the schema does not list follow in their
     own order. A call already in order keeps its text."""
-    task, moved = json.loads(json.dumps(task)), 0
+    task, moved = copy.deepcopy(task), 0
     order = {t["name"]: list(t.get("parameters", {}).get("properties", {})) for t in task.get("tools", [])}
-    for m in task["messages"]:
-        for call in (m.get("tool_calls") or []) if m["role"] == "assistant" else []:
-            fn = call["function"]
-            try:
-                args = json.loads(fn["arguments"])
-            except json.JSONDecodeError:  # a source's own malformed call is left as written
-                continue
-            if not isinstance(args, dict) or fn["name"] not in order:
-                continue
-            keys = [k for k in order[fn["name"]] if k in args] + [k for k in args if k not in order[fn["name"]]]
-            if keys != list(args):
-                fn["arguments"], moved = json.dumps({k: args[k] for k in keys}, ensure_ascii=False), moved + 1
+    for _, call, args, _ in parsed_calls(task):
+        fn = call["function"]
+        if fn["name"] not in order:
+            continue
+        keys = [k for k in order[fn["name"]] if k in args] + [k for k in args if k not in order[fn["name"]]]
+        if keys != list(args):
+            fn["arguments"], moved = json.dumps({k: args[k] for k in keys}, ensure_ascii=False), moved + 1
     return task, moved
