@@ -87,7 +87,7 @@ def _evaluate(args) -> int:
                        batch_size=args.batch_size, temperature=args.temperature, max_new_tokens=args.max_new_tokens,
                        seed=args.seed, dtype=args.dtype, judge_model=args.judge_model, key_guard=not args.no_key_guard,
                        decoding=args.decoding, agent=args.agent, workers=args.workers, lookup_tokens=args.lookup_tokens,
-                       fit_window=args.fit_window,
+                       fit_window=args.fit_window, argument_order_from=args.argument_order_from,
                        search=SearchConfig(width=args.width, chain_steps=args.chain_steps, budget=args.budget))
     print(json.dumps({k: v for k, v in metrics.items() if k not in ("groups", "floors")}, indent=2))
     return 0
@@ -278,6 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a prompt that leaves a step less room than this (the training window, the model's "
                     "rendering.json max_length) has every observation but the last cut to 256 characters, as "
                     "training fitted long trajectories; 0 = the whole history")
+    ev.add_argument("--argument-order-from", metavar="TRAIN_JSONL",
+                    help="under the grammar, write each call's arguments in the order this training file's calls "
+                    "write them (the model's <run>/data/train.jsonl), not in its schema's")
     add_stop_by(ev)
     ev.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; the paper used 0.1")
     ev.add_argument("--max-new-tokens", type=positive, default=256)

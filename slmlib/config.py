@@ -76,6 +76,9 @@ class TrainConfig:
 
 
 Decoding = Literal["free", "grammar"]
+# The order the grammar writes a call's arguments in: each schema's own, or (the fine-tuned model only) the one its
+# training calls write (slmlib.schema.argument_orders of the run's data/train.jsonl); llguidance keeps a schema's order.
+ArgumentOrder = Literal["schema", "as_trained"]
 
 
 @dataclass(frozen=True)
@@ -94,12 +97,14 @@ class Variant:
     env: Literal["auto", "cfb"] | None = None
     decoding: Decoding | None = None
     temperature: float | None = None       # ToolLLaMA samples DFSDT's children at 0.5: its one source of diversity
+    argument_order: ArgumentOrder | None = None
     task_sets: list[str] = field(default_factory=list)  # only these test sets, e.g. [complexfuncbench]; [] = every one
     baselines: bool = False                # the untuned baselines too
 
     def settings(self) -> dict[str, Any]:
-        """The evaluation settings it gives (``agent``, ``env``, ``decoding``, ``temperature``), in label order."""
-        given = {k: getattr(self, k) for k in ("agent", "env", "temperature", "decoding")}
+        """The evaluation settings it gives (``agent``, ``env``, ``decoding``, ``temperature``, ``argument_order``),
+        in label order."""
+        given = {k: getattr(self, k) for k in ("agent", "env", "temperature", "decoding", "argument_order")}
         return {k: x for k, x in given.items() if x is not None}
 
 
@@ -115,6 +120,7 @@ class EvalConfig:
     fit_window: int = 0                    # a prompt past this many tokens (less a step) shows older observations cut, as training fitted them; 0 = off
     decoding: Decoding = "free"            # "grammar": every step under its task's grammar (slmlib.grammar)
     decodings: list[Decoding] = field(default_factory=list)  # every model also evaluated with these; [] = decoding alone
+    argument_order: ArgumentOrder = "schema"
     baselines: list[str] = field(default_factory=lambda: ["smollm2-135m-instruct", "gemma-3-270m"])
     env: Literal["auto", "cfb"] = "auto"   # cfb: ComplexFuncBench's own protocol for its tasks (slmlib.envs.cfb)
     agent: Literal["react", "dfsdt"] = "react"  # one chain, or ToolBench's depth-first search over chains
@@ -251,7 +257,7 @@ def load(path: str | Path) -> Profile:
         suffix = profile.eval.variant_suffix(v)
         if not suffix or suffix in taken:
             raise ConfigError(f"{path}: 'eval.variants[{i}]' {'changes nothing' if not suffix else f'repeats {suffix!r}'}: "
-                              "a variant names an agent, env, temperature or decoding the evaluations before it do not use")
+                              "a variant names an agent, env, temperature, decoding or argument order the evaluations before it do not use")
         taken.add(suffix)
     if profile.eval.workers < 1:
         raise ConfigError(f"{path}: 'eval.workers' must be at least 1, got {profile.eval.workers}")

@@ -108,7 +108,8 @@ def evaluate_curve(profile, run_path: str | Path) -> dict | None:
         raise FileNotFoundError(f"eval.curve_set {profile.eval.curve_set!r}: the run has no {task_file}")
     pts = points(train_dir)
     with_episodes = set(episode_points(len(pts), profile.eval.curve_episodes))
-    out, settings = run / "eval" / "curve", evaluate.profile_settings(profile)
+    out = run / "eval" / "curve"
+    settings = evaluate.profile_settings(profile) | evaluate.order_from(run, profile.eval.argument_order)
     rows = []
     for i, p in enumerate(pts):
         model, adapter = evaluate.model_and_adapter(profile, p["model"])

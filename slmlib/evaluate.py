@@ -18,7 +18,8 @@ from slmlib import deadline, envs, eval_workers, floors, judge, models, rollout
 from slmlib import toolbench_format as tbf
 from slmlib.config import ConfigError, SearchConfig
 from slmlib.run import atomic_write_json, atomic_write_text, read_json
-from slmlib.schema import FINISH, assistant_call, read_jsonl
+from slmlib.assets import sha256_file
+from slmlib.schema import FINISH, argument_orders, assistant_call, read_jsonl
 from slmlib.values import same_value
 
 
@@ -156,7 +157,7 @@ def step_mode(spec: eval_workers.TeacherForced, tasks: list[dict], out: Path, wo
     n = len(results)
     metrics = {"mode": "step", "n_tasks": len(tasks), **step_metrics(results), "batch_size": spec.batch_size,
                "prefix_reuse": any(r["prefix_reuse"] for r in records.values()), "workers": workers,
-               "fit_window": spec.dec.fit_window,
+               "fit_window": spec.dec.fit_window, "argument_order": "as_trained" if spec.dec.argument_orders else "schema",
                "seconds_per_step": seconds / n if n else 0.0, **peak}
     atomic_write_json(out / "metrics.json", metrics)
     return metrics
@@ -227,14 +228,18 @@ def evaluate(model: str, tasks_file: str | Path, out_dir: str | Path, *, adapter
              max_new_tokens: int = 256, seed: int = 0, dtype: str = "float32", judge_model: str | None = None,
              key_guard: bool = True, decoding: str = "free", agent: str = "react",
              search: SearchConfig = SearchConfig(), workers: int = 1, lookup_tokens: int = 15,
-             fit_window: int = 0) -> dict[str, Any]:
+             fit_window: int = 0, argument_order_from: str | Path | None = None) -> dict[str, Any]:
+    """``argument_order_from``: a training file; under the grammar each call's arguments are written in the order its
+    calls write them (:func:`slmlib.schema.argument_orders`), not in the schema's."""
     tasks = read_jsonl(tasks_file)  # a malformed file stops here, before any model loads
     if limit >= 0:
         tasks = tasks[:limit]
+    orders = argument_orders(read_jsonl(argument_order_from)) if argument_order_from else {}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     dec = rollout.Decoding(max_steps=max_steps, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
-                           key_guard=key_guard, decoding=decoding, lookup_tokens=lookup_tokens, fit_window=fit_window)
+                           key_guard=key_guard, decoding=decoding, lookup_tokens=lookup_tokens, fit_window=fit_window,
+                           argument_orders=orders)
     if mode == "step":
         return step_mode(eval_workers.TeacherForced(model, adapter, dtype, dec, batch_size), tasks, out, workers)
     settings = {"env": env, "max_steps": max_steps, "max_new_tokens": max_new_tokens, "temperature": temperature,
@@ -243,6 +248,8 @@ def evaluate(model: str, tasks_file: str | Path, out_dir: str | Path, *, adapter
         settings |= {"agent": agent, "search": dataclasses.asdict(search)}
     if fit_window:  # absent = off, likewise
         settings |= {"fit_window": fit_window, "history_chars": dec.history_chars}
+    if argument_order_from:  # absent = each schema's order, likewise
+        settings |= {"argument_order": "as_trained", "argument_order_from": sha256_file(Path(argument_order_from))}
     preds = out / "predictions.jsonl"
     skip = done_ids(preds)
     keep_settings(out, settings, resuming=bool(skip))  # before the model loads: other settings stop at once
@@ -310,15 +317,28 @@ def plays(profile, run: Path, task_sets: list[str]) -> list[tuple[str, str, str 
     trained = run / "train" / "model"
     contenders = [(trained_label(profile), *model_and_adapter(profile, trained))] if trained.is_dir() else []
     baselines = [(name, name, None) for name in e.baselines]
-    out, *others = [[(label + ("" if d == e.decoding else f"+{d}"), model, adapter, {"decoding": d}, task_sets)
+
+    def settings(label: str, given: dict[str, Any]) -> dict[str, Any]:
+        """``given`` as :func:`evaluate` takes it; an untuned model learned no argument order and keeps the schema's."""
+        given = dict(given)
+        order = given.pop("argument_order", e.argument_order)
+        return given | (order_from(run, order) if label == trained_label(profile) else {})
+
+    out, *others = [[(label + ("" if d == e.decoding else f"+{d}"), model, adapter, settings(label, {"decoding": d}), task_sets)
                      for label, model, adapter in contenders + baselines] for d in e.all_decodings()]
     for i, v in enumerate(e.variants):
         unknown = sorted(set(v.task_sets) - set(task_sets))
         if unknown:
             raise ConfigError(f"eval.variants[{i}].task_sets names {unknown[0]!r}; this run's test sets: {', '.join(task_sets)}")
-        out += [(label + e.variant_suffix(v), model, adapter, v.settings(), v.task_sets or task_sets)
+        out += [(label + e.variant_suffix(v), model, adapter, settings(label, v.settings()), v.task_sets or task_sets)
                 for label, model, adapter in contenders + (baselines if v.baselines else [])]
     return out + [play for decoded in others for play in decoded]
+
+
+def order_from(run: Path, order: str) -> dict[str, str]:
+    """:func:`evaluate`'s ``argument_order_from`` for a model ``run`` trained, under ``eval.argument_order``: its
+    training file for ``as_trained``."""
+    return {"argument_order_from": str(run / "data" / "train.jsonl")} if order == "as_trained" else {}
 
 
 def trained_label(profile) -> str:
@@ -333,7 +353,8 @@ def model_and_adapter(profile, folder: str | Path) -> tuple[str, str | None]:
 
 def profile_settings(profile, **overrides: Any) -> dict[str, Any]:
     """:func:`evaluate`'s settings as the profile's ``eval`` section gives them (the models' dtype from ``model.dtype``),
-    those in ``overrides`` (a variant's ``agent``, ``env``, ``temperature`` or ``decoding``) replaced."""
+    those in ``overrides`` (a variant's ``agent``, ``env``, ``temperature`` or ``decoding``, :func:`plays`'
+    ``argument_order_from``) replaced."""
     e = profile.eval
     return dict(max_steps=e.max_steps, batch_size=e.batch_size, temperature=e.temperature, max_new_tokens=e.max_new_tokens,
                 dtype=profile.model.dtype, seed=profile.seed, key_guard=e.key_guard, decoding=e.decoding, agent=e.agent, search=e.search,

@@ -29,14 +29,14 @@ import functools
 import json
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import torch
 from transformers import LogitsProcessor
 
 from slmlib import toolbench_format as tbf
-from slmlib.schema import FINISH
+from slmlib.schema import FINISH, arranged
 
 log = logging.getLogger(__name__)
 
@@ -161,15 +161,20 @@ class TaskGrammar:
     fallbacks: dict[str, str] = field(default_factory=dict)  # tool name -> why it takes any JSON object
 
 
-def for_task(task: dict, max_new_tokens: int = 256) -> TaskGrammar:
+def for_task(task: dict, max_new_tokens: int = 256, orders: Mapping[str, list[str]] | None = None) -> TaskGrammar:
     """The task's step grammar; a tool whose schema does not compile takes any object (and is reported).
 
-    The thought gets at most a third of the step's token budget, so the call after it has room.
+    The thought gets at most a third of the step's token budget, so the call after it has room. llguidance writes
+    an object's keys in its schema's order; ``orders`` (tool name -> argument names, :func:`slmlib.schema.argument_orders`
+    of a model's training data) puts a tool's arguments in the order the model learned to write them instead.
     """
     thought_tokens = max(1, min(THOUGHT_TOKENS, max_new_tokens // 3))
     alternatives, fallbacks = [], {}
     for tool in task["tools"]:
         schema = normalise(tool.get("parameters"), top=True, string_chars=max(STRING_CHARS, max_new_tokens))
+        if orders and tool["name"] in orders:
+            props = schema["properties"]
+            schema["properties"] = {k: props[k] for k in arranged(props, orders[tool["name"]])}
         problem = _problem(lark([(tool["name"], schema)]))
         if problem:
             fallbacks[tool["name"]] = problem.splitlines()[0][:200]

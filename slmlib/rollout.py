@@ -158,6 +158,7 @@ class Decoding:
     lookup_tokens: int = 15      # a batch of one with its episode's cache drafts this many tokens a forward (slmlib.lookup); 0: off
     fit_window: int = 0          # a prompt that leaves a step less room than this has its older observations cut (0: off)
     history_chars: int = 256     # ... to this many characters, as training fits a trajectory (slmlib.budget)
+    argument_orders: dict[str, list[str]] = field(default_factory=dict)  # tool -> the order the grammar writes its arguments; {}: its schema's
 
 
 class PrefixCache:
@@ -471,7 +472,7 @@ def run(model, tokenizer, tasks: Iterable[dict], env, dec: Decoding, batch_size:
 
 
 def task_grammar(task: dict, dec: Decoding) -> grammar.TaskGrammar | None:
-    return grammar.for_task(task, dec.max_new_tokens) if dec.decoding == "grammar" else None
+    return grammar.for_task(task, dec.max_new_tokens, dec.argument_orders) if dec.decoding == "grammar" else None
 
 
 def episode_record(ep: Episode) -> dict:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -258,6 +259,12 @@ def parsed_calls(task: dict) -> Iterator[tuple[dict, dict, dict, str]]:
                 yield m, call, args, "\n".join(seen)
 
 
+def arranged(keys: Iterable[str], order: list[str]) -> list[str]:
+    """``keys`` in ``order``; those it does not list follow in their own order."""
+    keys = list(keys)
+    return [k for k in order if k in keys] + [k for k in keys if k not in order]
+
+
 def in_schema_order(task: dict) -> tuple[dict, int]:
     """``task`` with each call's arguments in its tool's property order, the order a grammar writes them
     (llguidance keeps a schema's order), and how many calls moved; keys the schema does not list follow in their
@@ -268,7 +275,27 @@ def in_schema_order(task: dict) -> tuple[dict, int]:
         fn = call["function"]
         if fn["name"] not in order:
             continue
-        keys = [k for k in order[fn["name"]] if k in args] + [k for k in args if k not in order[fn["name"]]]
+        keys = arranged(args, order[fn["name"]])
         if keys != list(args):
             fn["arguments"], moved = json.dumps({k: args[k] for k in keys}, ensure_ascii=False), moved + 1
     return task, moved
+
+
+def argument_orders(tasks: Iterable[dict]) -> dict[str, list[str]]:
+    """Each tool's arguments in the order its calls in ``tasks`` write them: a key goes before another when more
+    calls write it first than second (ranked by such wins, then by mean relative position, then by name), so
+    one call's odd order does not outvote the rest."""
+    ahead: dict[str, Counter] = defaultdict(Counter)  # tool -> (a, b) -> calls writing a before b
+    places: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for task in tasks:
+        for _, call, args, _ in parsed_calls(task):
+            name, keys = call["function"]["name"], list(args)
+            for i, key in enumerate(keys):
+                places[name][key].append(i / max(1, len(keys) - 1))
+                ahead[name].update((key, later) for later in keys[i + 1:])
+    orders = {}
+    for name, seen in places.items():
+        def wins(key: str) -> int:
+            return sum((ahead[name][key, o] > ahead[name][o, key]) - (ahead[name][o, key] > ahead[name][key, o]) for o in seen)
+        orders[name] = sorted(seen, key=lambda k: (-wins(k), sum(seen[k]) / len(seen[k]), k))
+    return orders

@@ -516,6 +516,20 @@ def test_a_run_plays_its_decoding_then_each_variant_then_the_other_decodings(tmp
         plays_of(profile, tmp_path, ["stabletoolbench"])
 
 
+def test_only_the_fine_tuned_model_writes_arguments_in_its_training_order(tmp_path):
+    from slmlib import config
+    p = tmp_path / "p.yaml"
+    p.write_text("model: {name: tiny-opt}\neval:\n  decoding: grammar\n  baselines: [b]\n"
+                 "  variants:\n    - {argument_order: as_trained, baselines: true}\n")
+    profile = config.load(p)
+    (tmp_path / "train" / "model").mkdir(parents=True)
+    plays = {label: overrides for label, _, _, overrides, _ in plays_of(profile, tmp_path, ["complexfuncbench"])}
+    trained = {"argument_order_from": str(tmp_path / "data" / "train.jsonl")}
+    assert plays == {"tiny-opt-sft": {"decoding": "grammar"}, "b": {"decoding": "grammar"},
+                     "tiny-opt-sft+as_trained": trained, "b+as_trained": {}}  # an untuned model learned no order
+    assert profile_settings(profile, **trained)["argument_order_from"] == trained["argument_order_from"]
+
+
 def test_a_users_mistake_is_one_line_and_status_2(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "x", "group": "g", "tools": [], "messages": []}\n')

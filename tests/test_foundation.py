@@ -12,7 +12,7 @@ from slmlib.run import CannotResume, RunDir, RunExists, atomic_write_json, read_
 from conftest import REPO
 
 
-@pytest.mark.parametrize("name", ["smoke", "default", "cpu-full", "cpu-long", "cpu-compare", "cpu-session", "cpu-session-levers", "paper", "workshop"])
+@pytest.mark.parametrize("name", ["smoke", "default", "cpu-full", "cpu-long", "cpu-compare", "cpu-session", "cpu-session-levers", "cpu-session-order", "paper", "workshop"])
 def test_profiles_load(name):
     profile = config.load(REPO / "params" / f"{name}.yaml")
     assert profile.name == name and profile.data.max_length <= 2048
@@ -101,6 +101,9 @@ def test_a_profile_on_a_base_says_only_what_it_changes(tmp_path):
     plain = config.load(REPO / "params" / "cpu-session.yaml").to_dict()
     assert {k for k in plain if plain[k] != dated[k]} == {"name", "about", "data"}
     assert {k for k in plain["data"] if plain["data"][k] != dated["data"][k]} == {"date_thoughts", "argument_order"}
+    ordered = config.load(REPO / "params" / "cpu-session-order.yaml").to_dict()  # cpu-session's training (TRAINED=), played again
+    assert {k for k in plain if plain[k] != ordered[k]} == {"name", "about", "eval"}
+    assert {k for k in plain["eval"] if plain["eval"][k] != ordered["eval"][k]} == {"argument_order", "baselines"}
     for text, message in [("base: nowhere\n", r"child\.yaml: 'base' names .*nowhere\.yaml, which is not a profile"),
                           ("base: child\n", "which bases itself on this profile"),
                           ("base: parent\ndata:\n  train_limt: 2\n", r"child\.yaml.*'data\.train_limt'")]:

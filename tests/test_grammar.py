@@ -209,6 +209,46 @@ def test_every_gold_call_of_the_test_split_is_writable(data_root, smol_tokenizer
     assert n == 980 and unwritable == []
 
 
+def test_the_grammar_writes_arguments_in_the_order_it_is_given(smol_tokenizer):
+    """llguidance writes an object's keys in its schema's order; given a model's training order, in that one."""
+    import llguidance
+    tool = {"name": "f", "parameters": {"type": "object", "required": ["to", "since"],
+                                        "properties": {"to": {"type": "string"}, "since": {"type": "string"}}}}
+    ll = grammar.ll_tokenizer(smol_tokenizer)
+
+    def writes(orders, arguments: str) -> bool:
+        matcher = llguidance.LLMatcher(ll, grammar.for_task({"id": "t", "tools": [tool]}, orders=orders).text)
+        step = tbf.render_step(tbf.Step("", "f", arguments))
+        return matcher.consume_tokens(smol_tokenizer(step, add_special_tokens=False).input_ids) and matcher.is_accepting()
+
+    since_first, to_first = '{"since": "2024-11-15", "to": "2024-11-17"}', '{"to": "2024-11-17", "since": "2024-11-15"}'
+    assert writes(None, to_first) and not writes(None, since_first)
+    assert writes({"f": ["since", "to"]}, since_first) and not writes({"f": ["since", "to"]}, to_first)
+    assert writes({"g": ["since", "to"]}, to_first)  # another tool's order changes nothing
+
+
+def test_an_evaluation_writes_arguments_in_its_training_files_order(tiny, tmp_path):
+    """``argument_order_from`` reaches the grammar of every episode and is kept with the episodes."""
+    from slmlib.evaluate import evaluate
+    from slmlib.schema import tool_call, write_jsonl
+    keys = ["pick_up_date", "drop_off_date", "pick_up_time"]
+    tool = {"name": "rent", "description": "Rent a car.", "parameters": {
+        "type": "object", "properties": {k: {"type": "string"} for k in keys}, "required": keys}}
+    tasks = [{"id": f"t{i}", "group": "g", "tools": [tool], "messages": [{"role": "user", "content": "A car, please."}]}
+             for i in range(4)]
+    train = tmp_path / "train.jsonl"  # a training file whose call writes the arguments backwards
+    write_jsonl(train, [{"id": "r", "group": "g", "tools": [tool], "messages": [
+        {"role": "user", "content": "?"},
+        {"role": "assistant", "content": None, "tool_calls": [tool_call("rent", {k: "x" for k in keys[::-1]})]}]}])
+    write_jsonl(tmp_path / "tasks.jsonl", tasks)
+    evaluate("tiny-opt", tmp_path / "tasks.jsonl", tmp_path / "out", max_steps=3, max_new_tokens=96, decoding="grammar",
+             temperature=1.0, argument_order_from=train)
+    assert json.loads((tmp_path / "out" / "settings.json").read_text())["argument_order"] == "as_trained"
+    records = [json.loads(line) for line in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
+    written = [list(args) for r in records for _, args in judge.calls_of(r)]
+    assert written and all(k == keys[::-1] for k in written), written
+
+
 def write_without_closing(tok, task: dict, max_new_tokens: int, close: bool) -> tuple[str, grammar.GrammarConstraint]:
     """An adversary under the grammar: it opens a call of the task's first tool, then always prefers the shortest
     allowed token free of JSON punctuation (one character a token), so once inside a string it never ends it; run
