@@ -15,6 +15,7 @@ from slmlib import dates, judge
 from slmlib import toolbench_format as tbf
 from slmlib.envs import cfb
 from slmlib.schema import FINISH, read_jsonl
+from slmlib.values import same_value
 
 # The paper's Table 2 (ToolEval pass rate, %), for the side-by-side table; not comparable to ours.
 PAPER = pd.DataFrame({
@@ -156,7 +157,7 @@ def worst_calls(preds: pd.DataFrame, top: int = 10) -> pd.DataFrame:
     return (pd.DataFrame(rows).value_counts().rename("count").reset_index().head(top))
 
 
-WRONG_VALUE_COLUMNS = ["model", "id", "function", "parameter", "made", "golden", "golden_from", "made_from"]
+WRONG_VALUE_COLUMNS = ["model", "id", "function", "parameter", "made", "golden", "golden_from", "made_from", "swapped_with"]
 
 
 def wrong_values(preds: pd.DataFrame) -> pd.DataFrame:
@@ -164,7 +165,9 @@ def wrong_values(preds: pd.DataFrame) -> pd.DataFrame:
     the value made and the golden one, and where each stood before that call (``golden_from``, ``made_from``):
     ``request`` (the user's words), ``words`` (a date the request names by month and day, "December 10th":
     rewriting, not reasoning), ``observation`` (an earlier tool response, as a JSON value), or ``neither`` (worked
-    out, like a date from "the day after tomorrow", or made up)."""
+    out, like a date from "the day after tomorrow", or made up); ``swapped_with``, the other argument of the golden call
+    whose value the model wrote here (a pick-up date in ``drop_off_date``: the grammar's argument order against the
+    one the model learned), or ``""``."""
     rows = []
     for _, r in preds.iterrows():
         task = r["task"]
@@ -178,9 +181,10 @@ def wrong_values(preds: pd.DataFrame) -> pd.DataFrame:
         calls = [s for s in r["record"]["steps"] if s.get("step") and s["step"]["action"] != FINISH]
         seen = [s.get("observation", "") for s in calls[:miss["at"]]]
         made, golden = miss["call"]["arguments"][key], miss["golden"]["arguments"][key]
+        swapped = [k for k, v in miss["golden"]["arguments"].items() if k != key and same_value(v, made)]
         rows.append({"model": r["model"], "id": r["id"], "function": miss["call"]["name"], "parameter": key,
                      "made": made, "golden": golden, "golden_from": _found_in(golden, request, seen),
-                     "made_from": _found_in(made, request, seen)})
+                     "made_from": _found_in(made, request, seen), "swapped_with": swapped[0] if swapped else ""})
     return pd.DataFrame(rows, columns=WRONG_VALUE_COLUMNS)
 
 

@@ -126,4 +126,5 @@ def test_wrong_values_say_where_the_golden_value_and_the_made_one_stood():
     assert table[["golden_from", "made_from"]].values.tolist() == [
         ["request", "neither"], ["observation", "observation"], ["observation", "neither"], ["observation", "neither"],
         ["words", "neither"]]
+    assert table["swapped_with"].tolist() == ["", "search_key", "", "", ""]  # the search key written as the vehicle id
     assert analysis.wrong_values(pd.DataFrame(rows[4:5])).empty
