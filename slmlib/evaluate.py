@@ -16,9 +16,9 @@ from typing import Any, Iterable, Iterator
 
 from slmlib import deadline, envs, eval_workers, floors, judge, models, rollout
 from slmlib import toolbench_format as tbf
+from slmlib.assets import sha256_file
 from slmlib.config import ConfigError, SearchConfig
 from slmlib.run import atomic_write_json, atomic_write_text, read_json
-from slmlib.assets import sha256_file
 from slmlib.schema import FINISH, argument_orders, assistant_call, read_jsonl
 from slmlib.values import same_value
 
