@@ -40,7 +40,8 @@ class DataConfig:
     heldout: list[str] = field(default_factory=list)  # training sources whose held-out dialogues become test_heldout (slmlib.heldout)
     heldout_limit: int = -1                # held-out tasks per group (seeded sample); -1 = all
     argument_order: Literal["as_written", "schema"] = "as_written"  # schema: training calls' arguments in their tool's property order, the grammar's
-    date_thoughts: bool = False            # a training step without a Thought that passes a date gets one working it out (slmlib.dates)
+    date_thoughts: bool = False            # a training step without a Thought that passes a date or time gets one working it out (slmlib.dates)
+    choice_thoughts: bool = False          # ... that picks a listed value gets one naming the request's word for it (slmlib.choices)
 
 
 @dataclass(frozen=True)

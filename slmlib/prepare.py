@@ -14,11 +14,12 @@ from typing import Iterable
 
 import numpy as np
 
-from slmlib import budget, data, dates, heldout, judge
+from slmlib import budget, choices, data, dates, heldout, judge
 from slmlib import toolbench_format as tbf
 from slmlib.config import Profile
 from slmlib.run import atomic_write_json
 from slmlib.schema import FINISH, called_tools, in_schema_order, iter_jsonl, parsed_calls, write_jsonl
+from slmlib.thoughts import with_thoughts
 
 TEST_ONLY = {"stabletoolbench"}
 PERCENTILES = (50, 90, 99, 100)
@@ -116,9 +117,10 @@ def prepare(profile: Profile, run_path: str | Path, tokenizer) -> dict:
         raw = _limited([t for t in raw if len(called_tools(t)) >= cfg.min_calls],
                        cfg.train_limits.get(name, cfg.train_limit), profile.seed)
         per_source, thought_steps, reordered = budget.TrimStats(), 0, 0
+        cues = choices.cues(raw) if cfg.choice_thoughts else None  # mined from the training requests alone
         for task in raw:
-            if cfg.date_thoughts:
-                task, n = dates.with_thoughts(task)
+            if cfg.date_thoughts or cfg.choice_thoughts:
+                task, n = with_thoughts(task, dated=cfg.date_thoughts, cues=cues)
                 thought_steps += n
             if cfg.argument_order == "schema":
                 task, n = in_schema_order(task)
@@ -129,8 +131,8 @@ def prepare(profile: Profile, run_path: str | Path, tokenizer) -> dict:
             if fitted is not None:
                 train.append(fitted)
         report["sources"][name] = per_source.as_dict()
-        if cfg.date_thoughts:
-            report["sources"][name]["date_thoughts"] = thought_steps
+        if cfg.date_thoughts or cfg.choice_thoughts:
+            report["sources"][name]["thoughts"] = thought_steps
         if cfg.argument_order == "schema":
             report["sources"][name]["calls_reordered"] = reordered
         stats.merge(per_source)

@@ -8,6 +8,8 @@ from collections import Counter
 import pytest
 
 from slmlib import budget, data, schema
+from slmlib.judge import query_of
+from slmlib.thoughts import with_thoughts
 from slmlib import toolbench_format as tbf
 from slmlib.data import apibank, complexfuncbench, glaive, stabletoolbench, toolbench, toolrl
 
@@ -144,27 +146,80 @@ def test_a_dated_step_works_its_date_out_in_its_thought(cfb, smol_tokenizer):
     assert dates.thought("on October 10, 2024", {"d": "2024-11-10"}) == ""                  # a month off: the data's slip
     assert dates.thought("around November 5, 2024, a week in each city", {"legs": [{"date": "2024-11-05"}, {"date": "2024-11-12"}]}) == \
         "November 5, 2024 is 2024-11-05; legs[1].date +7 days: 2024-11-12."
+    # times of day: named on a 12-hour clock or in words, or a span of hours after one; each written once
+    assert [c for _, c in dates.named_times("at 4 PM, 3 in the afternoon, 8:30 p.m., 9 in the morning, noon, 12 am")] == \
+        ["16:00", "15:00", "20:30", "09:00", "12:00", "00:00"]
+    assert dates.thought("at 10 am on November 15th, 2024, and return it 26 hours later at the same place",
+                         {"pick_up_date": "2024-11-15", "pick_up_time": "10:00", "drop_off_date": "2024-11-16",
+                          "drop_off_time": "12:00"}) == \
+        "November 15th, 2024 is 2024-11-15; 10 am is 10:00; drop_off_date +1 day: 2024-11-16; drop_off_time 10 am +26 hours: 12:00."
+    assert dates.thought("at 8 AM, and back at the same time", {"pick_up_time": "08:00", "drop_off_time": "08:00"}) == "8 AM is 08:00."
+    assert dates.thought("at 14:00 on the dot", {"pick_up_time": "14:00"}) == ""  # written as the call writes it
     train = cfb[0]
     before = json.dumps(train)
     steps, lengths = 0, []
     for task in train:
-        thought_of, n = dates.with_thoughts(task)
+        thought_of, n = with_thoughts(task)
         steps += n
         lengths += [len(smol_tokenizer(m["thought"])["input_ids"]) for m in thought_of["messages"] if m.get("thought")]
         for old, new in zip(task["messages"], thought_of["messages"]):
             if new.get("thought") != old.get("thought"):
                 call = json.loads(new["tool_calls"][0]["function"]["arguments"])
                 assert not old.get("thought") and "\n" not in new["thought"]
-                # every date the thought ends a clause with is one the call passes, and it parses back whole
-                assert set(re.findall(r": (\d{4}-\d{2}-\d{2})[;.]", new["thought"])) <= {v for _, v in dates.leaves(call)}
+                # every date and time the thought ends a clause with is one the call passes, and it parses back whole
+                ends = re.findall(r": (\d{4}-\d{2}-\d{2})[;.]|(?:: | is )(\d{2}:\d{2})[;.]", new["thought"])
+                assert {d or t for d, t in ends} <= {v for _, v in dates.leaves(call)}
                 step = tbf.message_step(new)
                 assert tbf.parse_step(tbf.render_step(step)).thought == new["thought"]
             else:
                 assert new == old
     assert json.dumps(train) == before  # the tasks given are left as they were
-    assert 1000 < steps < 1250  # of the 800 train tasks' dated steps (1,136 when written)
-    # the grammar gives a Thought a third of the step's 256 new tokens: all but one fit (41 tokens at the median)
-    assert sorted(lengths)[len(lengths) // 2] < 50 and sum(n > 256 // 3 for n in lengths) <= 1
+    assert 1100 < steps < 1250  # of the 800 train tasks' dated steps (1,136 with dates alone, 1,171 with times)
+    # the grammar gives a Thought a third of the step's 256 new tokens: all but six fit (41 tokens at the median),
+    # those six by 4 tokens at most (a car's two dates and two times, a flight's three legs): their last clause is cut
+    assert sorted(lengths)[len(lengths) // 2] < 50 and sum(n > 256 // 3 for n in lengths) <= 6 and max(lengths) <= 90
+
+
+def test_a_choice_is_named_after_the_request_word_that_picks_it(cfb):
+    from slmlib import choices
+    train, test = cfb
+    table = choices.cues(train)
+    assert choices.thought("What is the highest-rated attraction in Rome?", "Search_Attractions",
+                           {"id": "eyJ1", "sortBy": "attr_book_score"}, table) == '"highest-rated": sortBy attr_book_score.'
+    assert choices.thought("the cheapest flight to Rome", "Search_Flights", {"sort": "CHEAPEST"}, table) == \
+        '"cheapest": sort CHEAPEST.'
+    assert choices.thought("the cheapest flight to Rome", "Search_Flights", {"sort": "FASTEST"}, table) == ""
+    # seven budget trips share one template: every word of it goes with lowest_price, so none is its cue
+    budget_trip = next(query_of(t) for t in train if ("Search_Attractions", "sortBy", "lowest_price") in
+                       {(n, k, v) for _, n, k, v in choices.picks(t)})
+    assert choices.thought(budget_trip, "Search_Attractions", {"sortBy": "lowest_price"}, table) == ""
+    # the test split's golden choices: the word their value was learned with is in their request for all but one
+    # of the sorts the fine-tuned model got wrong (14 highest- or top-rated attractions, 10 + 8 cheapest and
+    # 14 + 4 fastest flights); the model has to write it itself
+    named = Counter()
+    for task in test:
+        request, lists = query_of(task), choices.listed(task)
+        for call in task["gold_calls"]:
+            for key, values in call["arguments"].items():
+                if key in lists.get(call["name"], {}):
+                    named[call["name"], key, values[0], bool(choices.thought(request, call["name"], {key: values[0]}, table))] += 1
+    assert named["Search_Attractions", "sortBy", "attr_book_score", True] == 14
+    assert named["Search_Attractions", "sortBy", "attr_book_score", False] == 0
+    assert (named["Search_Flights", "sort", "CHEAPEST", True], named["Search_Flights", "sort", "FASTEST", True]) == (10, 14)
+    # in training, a step that picks a value and passes a date thinks of the choice first; every clause names a
+    # word of its request and the value its call passes
+    clauses = 0
+    for task in train:
+        request = choices.words(query_of(task))
+        thought_of, _ = with_thoughts(task, cues=table)
+        for m in thought_of["messages"]:
+            for word, key, value in re.findall(r'"([^"]+)": (\w+) (\w+)[;.]', m.get("thought") or ""):
+                assert word in request and json.loads(m["tool_calls"][0]["function"]["arguments"])[key] == value
+                clauses += 1
+    assert 300 < clauses < 500  # 412 when written
+    dated = next(m["thought"] for t in train for m in with_thoughts(t, cues=table)[0]["messages"]
+                 if '": sort' in (m.get("thought") or "") and " is 2024-" in m["thought"])
+    assert re.match(r'^"[\w-]+": sort\w* \w+\. \w', dated)
 
 
 def test_training_calls_can_take_the_order_the_grammar_writes(cfb):
@@ -285,13 +340,13 @@ def test_a_per_source_limit_weights_the_training_mix(tmp_path, data_root):
     groups = {name: len({t["group"] for t in data.load(name, str(data_root), "train")}) for name in ("complexfuncbench", "apibank")}
     assert report["sources"]["complexfuncbench"]["seen"] == 3 * groups["complexfuncbench"]  # the override
     assert report["sources"]["apibank"]["seen"] == 1 * groups["apibank"]                    # the profile-wide limit
-    assert "date_thoughts" not in report["sources"]["complexfuncbench"]  # off unless a profile asks
+    assert "thoughts" not in report["sources"]["complexfuncbench"]  # off unless a profile asks
     p.write_text(p.read_text() + "  date_thoughts: true\n")
     report = prepare.prepare(config.load(p), tmp_path / "dated", models.load_tokenizer("tiny-opt"))
     rows = schema.read_jsonl(tmp_path / "dated" / "data" / "train.jsonl")
     thoughts = [m["thought"] for t in rows for m in t["messages"] if m.get("thought") and t["source"] == "complexfuncbench"]
-    assert report["sources"]["complexfuncbench"]["date_thoughts"] >= len(thoughts) > 0  # a cut step loses its own
-    assert all(re.search(r"\d{4}-\d{2}-\d{2}\.$", t) for t in thoughts)
+    assert report["sources"]["complexfuncbench"]["thoughts"] >= len(thoughts) > 0  # a cut step loses its own
+    assert all(re.search(r"(\d{4}-\d{2}-\d{2}|\d{2}:\d{2})\.$", t) for t in thoughts)
     p.write_text(p.read_text() + "  argument_order: schema\n")
     report = prepare.prepare(config.load(p), tmp_path / "ordered", models.load_tokenizer("tiny-opt"))
     assert report["sources"]["complexfuncbench"]["calls_reordered"] > 0
