@@ -33,14 +33,14 @@ def listed(task: dict) -> dict[str, dict[str, list]]:
             for t in task.get("tools", [])}
 
 
-def picks(task: dict) -> Iterable[tuple[dict, str, str, str]]:
-    """Each choice a call makes among listed values: (its message, tool, parameter, value)."""
+def picks(task: dict) -> Iterable[tuple[str, str, str]]:
+    """Each choice a call makes among listed values: (tool, parameter, value)."""
     lists = listed(task)
-    for m, call, args, _ in parsed_calls(task):
+    for _, call, args, _ in parsed_calls(task):
         name = call["function"]["name"]
         for key, value in args.items():
             if key in lists.get(name, {}) and isinstance(value, str) and value in lists[name][key]:
-                yield m, name, key, value
+                yield name, key, value
 
 
 def cues(tasks: Iterable[dict]) -> Cues:
@@ -51,7 +51,7 @@ def cues(tasks: Iterable[dict]) -> Cues:
     asked: dict[tuple[str, str], Counter] = defaultdict(Counter)
     for task in tasks:
         request = words(query_of(task))
-        for name, key, value in {(n, k, v) for _, n, k, v in picks(task)}:  # a request counts once per value
+        for name, key, value in set(picks(task)):  # a request counts once per value
             held[name, key][value].update(request)
             asked[name, key][value] += 1
     out: Cues = {}

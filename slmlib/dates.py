@@ -55,6 +55,10 @@ def named_times(text: str) -> list[tuple[str, str]]:
     return out
 
 
+def _minutes(clock: str) -> int:
+    return int(clock[:2]) * 60 + int(clock[3:])
+
+
 def _clock(key: str, value: str, times: list[tuple[str, str]], spans: list[int], stated: set) -> list[str]:
     """The clauses for one ``HH:MM`` value: the named time it is ("4 PM is 16:00", once), or the named time a span
     of hours the request gives ("29 hours later") moves it to ("drop_off_time 10 am +29 hours: 15:00")."""
@@ -63,10 +67,9 @@ def _clock(key: str, value: str, times: list[tuple[str, str]], spans: list[int],
             return []
         stated.add(value)
         return [f"{words} is {value}"]
-    minutes = lambda clock: int(clock[:2]) * 60 + int(clock[3:])
     for words, clock in times:
         for hours in spans:
-            if (minutes(clock) + 60 * hours) % (24 * 60) == minutes(value):
+            if (_minutes(clock) + 60 * hours) % (24 * 60) == _minutes(value):
                 return [f"{key} {words} +{hours} hours: {value}"]
     return []
 

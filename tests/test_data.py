@@ -191,7 +191,7 @@ def test_a_choice_is_named_after_the_request_word_that_picks_it(cfb):
     assert choices.thought("the cheapest flight to Rome", "Search_Flights", {"sort": "FASTEST"}, table) == ""
     # seven budget trips share one template: every word of it goes with lowest_price, so none is its cue
     budget_trip = next(query_of(t) for t in train if ("Search_Attractions", "sortBy", "lowest_price") in
-                       {(n, k, v) for _, n, k, v in choices.picks(t)})
+                       set(choices.picks(t)))
     assert choices.thought(budget_trip, "Search_Attractions", {"sortBy": "lowest_price"}, table) == ""
     # the test split's golden choices: the word their value was learned with is in their request for all but one
     # of the sorts the fine-tuned model got wrong (14 highest- or top-rated attractions, 10 + 8 cheapest and
