@@ -140,7 +140,7 @@ def _run(args) -> int:
         raise UsageError("--trained-from starts a run; a resumed one keeps the training it began with")
     run_dir = pipeline.run_profile(args.params, run_id=args.resume or args.run_id, overwrite=args.overwrite,
                                    output_root=args.output_root, resume=bool(args.resume), rerun_from=args.rerun_from,
-                                   trained_from=args.trained_from)
+                                   trained_from=args.trained_from, evals_from=args.evals_from)
     print(run_dir)
     return 0
 
@@ -234,6 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--trained-from", metavar="RUN_DIR",
                      help="take this earlier run's finished training (same model, train and seed parameters, same "
                           "training data) instead of training again")
+    run.add_argument("--evals-from", metavar="RUN_DIR",
+                     help="take this earlier run's evaluations of the same model, task file and settings (the untuned "
+                          "baselines) instead of rolling them out again; a resumed run may name one too")
     run.add_argument("--overwrite", action="store_true", help="replace a finished run of the same id")
     add_stop_by(run)
     run.set_defaults(func=_run)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -21,6 +22,8 @@ from slmlib.config import ConfigError, SearchConfig
 from slmlib.run import atomic_write_json, atomic_write_text, read_json
 from slmlib.schema import FINISH, argument_orders, assistant_call, read_jsonl
 from slmlib.values import same_value
+
+log = logging.getLogger(__name__)
 
 
 def load_model(name: str, adapter: str | None = None, dtype: str = "float32"):
@@ -62,6 +65,40 @@ def keep_settings(out: Path, settings: dict[str, Any], resuming: bool) -> None:
             raise SettingsChanged(f"{out} holds episodes rolled out with other settings ({'; '.join(changed)}); "
                                   "give another output folder")
     atomic_write_json(path, settings)
+
+
+def take_earlier(earlier: Path, out: Path, *, model: str, adapter: str | None, tasks_file: Path, tasks: list[dict],
+                 settings: dict[str, Any]) -> None:
+    """Copy a finished evaluation's episodes into ``out`` when they are the ones this evaluation would roll out: the same
+    model and adapter, the same settings, a task file identical byte for byte, every task played. Decoded with the same
+    settings and seed they are the same episodes, up to another machine's rounding (an untuned baseline beside each
+    new training: ``make run EVALS_FROM=``); the
+    earlier seconds and peaks come with them, and ``metrics.json`` names where they came from. Anything else is
+    logged with its reason, and this evaluation rolls out as ever."""
+    why = why_not_taken(earlier, model=model, adapter=adapter, tasks_file=tasks_file, tasks=tasks, settings=settings)
+    if why:
+        log.info("%s: not taken from %s (%s); rolled out here", out, earlier, why)
+        return
+    atomic_write_text(out / "predictions.jsonl", (earlier / "predictions.jsonl").read_text(encoding="utf-8"))
+    atomic_write_json(out / "metrics.json", read_json(earlier / "metrics.json") | {"taken_from": str(earlier.resolve())})
+    log.info("%s: episodes taken from %s", out, earlier)
+
+
+def why_not_taken(earlier: Path, *, model: str, adapter: str | None, tasks_file: Path, tasks: list[dict],
+                  settings: dict[str, Any]) -> str | None:
+    if not (earlier / "metrics.json").is_file() or not (earlier / "settings.json").is_file():
+        return "no finished evaluation there"
+    theirs = read_json(earlier / "metrics.json")
+    if (theirs.get("model"), theirs.get("adapter")) != (model, adapter):
+        return f"another model: {theirs.get('model')}, adapter {theirs.get('adapter')}"
+    if read_json(earlier / "settings.json") != settings:
+        return "other settings"
+    their_tasks = Path(theirs.get("tasks", ""))
+    if not their_tasks.is_file() or sha256_file(their_tasks) != sha256_file(tasks_file):
+        return f"other tasks: {their_tasks} is not {tasks_file} byte for byte"
+    if not {t["id"] for t in tasks} <= done_ids(earlier / "predictions.jsonl"):
+        return "not every task played there"
+    return None
 
 
 def append_line(path: Path, record: dict) -> None:
@@ -228,9 +265,11 @@ def evaluate(model: str, tasks_file: str | Path, out_dir: str | Path, *, adapter
              max_new_tokens: int = 256, seed: int = 0, dtype: str = "float32", judge_model: str | None = None,
              key_guard: bool = True, decoding: str = "free", agent: str = "react",
              search: SearchConfig = SearchConfig(), workers: int = 1, lookup_tokens: int = 15,
-             fit_window: int = 0, argument_order_from: str | Path | None = None) -> dict[str, Any]:
+             fit_window: int = 0, argument_order_from: str | Path | None = None,
+             earlier: str | Path | None = None) -> dict[str, Any]:
     """``argument_order_from``: a training file; under the grammar each call's arguments are written in the order its
-    calls write them (:func:`slmlib.schema.argument_orders`), not in the schema's."""
+    calls write them (:func:`slmlib.schema.argument_orders`), not in the schema's. ``earlier``: another folder of this
+    function's; its episodes are taken instead of rolled out when they are this evaluation's (:func:`take_earlier`)."""
     tasks = read_jsonl(tasks_file)  # a malformed file stops here, before any model loads
     if limit >= 0:
         tasks = tasks[:limit]
@@ -251,6 +290,9 @@ def evaluate(model: str, tasks_file: str | Path, out_dir: str | Path, *, adapter
     if argument_order_from:  # absent = each schema's order, likewise
         settings |= {"argument_order": "as_trained", "argument_order_from": sha256_file(Path(argument_order_from))}
     preds = out / "predictions.jsonl"
+    if earlier is not None and not preds.exists():
+        take_earlier(Path(earlier), out, model=model, adapter=adapter, tasks_file=Path(tasks_file), tasks=tasks,
+                     settings=settings)
     skip = done_ids(preds)
     keep_settings(out, settings, resuming=bool(skip))  # before the model loads: other settings stop at once
     by_id = {t["id"]: t for t in tasks}
@@ -276,7 +318,8 @@ def evaluate(model: str, tasks_file: str | Path, out_dir: str | Path, *, adapter
         tooleval.rejudge(records, by_id, model=judge_model)
     previous = read_json(out / "metrics.json") if skip and (out / "metrics.json").is_file() else {}
     metrics = {"mode": "episode", "model": model, "adapter": adapter, "tasks": str(tasks_file), "judge": judge_name,
-               **settings, **judge.metrics(records), **rollout_peak(previous, peak)}
+               **settings, **judge.metrics(records), **rollout_peak(previous, peak),
+               **{k: previous[k] for k in ("taken_from",) if k in previous}}
     if env == "cfb":  # ComplexFuncBench's own success and call accuracy, beside our verdicts
         from slmlib.envs import cfb
         metrics |= cfb.metrics([cfb.verdict(by_id[r["id"]], r) for r in records if by_id[r["id"]].get("source") == "complexfuncbench"])
@@ -286,10 +329,11 @@ def evaluate(model: str, tasks_file: str | Path, out_dir: str | Path, *, adapter
     return metrics
 
 
-def evaluate_run(profile, run_path: str | Path) -> dict[str, dict[str, dict]]:
+def evaluate_run(profile, run_path: str | Path, evals_from: str | Path | None = None) -> dict[str, dict[str, dict]]:
     """The fine-tuned model of a run and the profile's baselines on every test set the run prepared,
     with every decoding the profile asks for, and the fine-tuned model in each of ``eval.variants`` (in
-    :func:`plays`' order).
+    :func:`plays`' order). With ``evals_from`` (an earlier run), each evaluation that run made of the same model,
+    tasks and settings is taken instead of rolled out again (:func:`take_earlier`: the untuned baselines).
 
     Writes ``<run>/eval/<model label>/<task set>/`` for the profile's own settings,
     ``<run>/eval/<model label>+<decoding>/<task set>/`` for each other decoding and
@@ -303,6 +347,7 @@ def evaluate_run(profile, run_path: str | Path) -> dict[str, dict[str, dict]]:
         for task_set in task_sets:
             results.setdefault(label, {})[task_set] = evaluate(
                 model, task_files[task_set], run / "eval" / label / task_set, adapter=adapter,
+                earlier=Path(evals_from) / "eval" / label / task_set if evals_from else None,
                 **profile_settings(profile, **overrides))
     return results
 

@@ -55,10 +55,12 @@ def executed(path: Path) -> bool:
 
 def run_profile(params: str | Path, run_id: str | None = None, overwrite: bool = False,
                 output_root: str | Path = REPO / "outputs", resume: bool = False,
-                rerun_from: str | None = None, trained_from: str | Path | None = None) -> Path:
+                rerun_from: str | None = None, trained_from: str | Path | None = None,
+                evals_from: str | Path | None = None) -> Path:
     """Execute a profile's notebooks into ``<output_root>/<run_id>``; ``resume`` continues that unfinished run,
     ``rerun_from`` re-executes that run from the named notebook on; a new run with ``trained_from`` takes that
-    run's identical training instead of training (:mod:`slmlib.adopt`)."""
+    run's identical training instead of training (:mod:`slmlib.adopt`); a run, new or resumed, with ``evals_from``
+    takes that run's identical evaluations (:func:`slmlib.evaluate.take_earlier`), recorded in its manifest."""
     import papermill as pm
 
     resume = resume or rerun_from is not None
@@ -69,6 +71,10 @@ def run_profile(params: str | Path, run_id: str | None = None, overwrite: bool =
     profile = config.load(params)  # fails on typos before anything runs
     missing = data.check_sources(profile.data.required, profile.data.optional, profile.data.root)
     run = RunDir(output_root, run_id or new_run_id(profile.name))
+    if evals_from is not None:
+        evals_from = Path(evals_from).resolve()
+        if not (evals_from / "run_manifest.json").is_file() or evals_from == run.path.resolve():
+            raise CannotResume(f"{evals_from}: no other run to take evaluations from (no run_manifest.json there)")
     chain = notebooks(profile)
     defaults = config.Profile(profile.name).to_dict()  # for options added after a resumed run started
     stems = [p.stem for p in chain]
@@ -91,6 +97,8 @@ def run_profile(params: str | Path, run_id: str | None = None, overwrite: bool =
         run.start(profile.to_dict(), profile.seed, overwrite=overwrite,
                   extra={"profile_file": str(params), "notebooks": stems,
                          "missing_optional_sources": missing, **adopted})
+    if evals_from is not None:
+        run.update_manifest(evals_from=str(evals_from))
     if start:
         log.info("kept %s: already ran to their end", ", ".join(stems[:start]))
     stop_by = deadline.from_env()  # the kernels inherit it: training and evaluation stop by it too

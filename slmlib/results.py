@@ -27,7 +27,7 @@ FIGURES = ("pass_rate_*.png", "call_quality.png", "error_breakdown.png", "traini
 OVERALL_KEYS = ("n_tasks", "pass_rate", "pass_rate_ci95", "format_valid_rate", "guarded_step_rate", "closed_step_rate", "finish_rate",
                 "hallucinated_tool_rate", "tool_name_accuracy", "call_match_rate", "avg_steps", "seconds_per_task",
                 "tokens_per_second", "peak_rss_gb", "peak_gpu_gb", "error_labels", "decoding", "grammar_fallback_tasks",
-                "floors", "model_calls_per_task", "new_tokens_per_task", "cfb_success_rate", "cfb_call_accuracy")
+                "floors", "model_calls_per_task", "new_tokens_per_task", "cfb_success_rate", "cfb_call_accuracy", "taken_from")
 # The experiment's targets on the fine-tuned model: its success rate under ComplexFuncBench's own protocol beside
 # the published zero-shot GLM-4-9B (9.4%) and Qwen2.5-7B (5.0%), stretch Mistral Large 2 (20.1%); points above each
 # untuned baseline under the same decoding on StableToolBench (and the workshop's held-out dialogues); every judge
@@ -61,6 +61,7 @@ def collect(run_path: str | Path) -> dict[str, Any]:
             "git_dirty": manifest.get("git_dirty"), "packages": manifest["packages"], "profile_file": manifest.get("profile_file"),
             "params": manifest["params"], "wall_seconds": (finished - started).total_seconds(),
             "resumes": manifest.get("resumes", []), "trained_from": manifest.get("trained_from"),
+            "evals_from": manifest.get("evals_from"),
             "notebook_seconds": {s: notebook_seconds(run / f"{s}.ipynb") for s in manifest.get("notebooks", [])
                                  if (run / f"{s}.ipynb").is_file()},
             "data": run_metrics.get("data"), "train": run_metrics.get("train"), "eval": evals,
@@ -250,9 +251,14 @@ def markdown(summary: dict, command: str) -> str:
                   + (f"; the identical training of `{summary['trained_from']}`, taken with `TRAINED=` (the command above "
                      "trains the same again)." if summary.get("trained_from") else "."), ""]
     episodes = [m for sets in summary["eval"].values() for m in sets.values()]
+    taken = sorted(f"{model}/{task_set}" for model, sets in summary["eval"].items() for task_set, m in sets.items()
+                   if m.get("taken_from"))
     if episodes:  # each episode's own time: the evaluation's compute, whatever interrupted it
         lines += [f"Evaluation: {sum(m['n_tasks'] for m in episodes):,} episodes, "
-                  f"{sum(m['n_tasks'] * m['seconds_per_task'] for m in episodes) / 60:.1f} min of rollout summed over them.", ""]
+                  f"{sum(m['n_tasks'] * m['seconds_per_task'] for m in episodes) / 60:.1f} min of rollout summed over them"
+                  + (f"; the episodes of {', '.join(f'`{t}`' for t in taken)} are the identical evaluations of "
+                     f"`{Path(summary['evals_from']).name}` (same model, task file and settings), taken with `EVALS_FROM=`, "
+                     "their seconds that run's (the command above plays them again)." if taken else "."), ""]
     lines += ["## Pass rate and call quality (overall per task set)", "",
               "| model | task set | n | pass rate [95% CI] | format-valid steps | guarded steps | unknown-tool calls | "
               "call match | model calls/task | tokens/task | s/task | peak RSS GB |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]

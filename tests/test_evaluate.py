@@ -13,6 +13,7 @@ from slmlib.errors import ErrorLabel
 from slmlib.evaluate import SettingsChanged, evaluate, profile_settings, step_metrics
 from slmlib.evaluate import plays as plays_of
 from slmlib.models import ModelNotFound
+from slmlib.run import read_json
 
 WEATHER = {"name": "get_weather", "description": "Weather now.", "parameters": {
     "type": "object", "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["C", "F"]}},
@@ -463,6 +464,40 @@ def test_an_evaluation_stops_by_its_time_and_resumes(tmp_path, monkeypatch):
     assert metrics["n_tasks"] == 3 and len((tmp_path / "out" / "predictions.jsonl").read_text().splitlines()) == 3
 
 
+def test_an_earlier_identical_evaluation_is_taken_instead_of_rolled_out(tmp_path, monkeypatch, caplog):
+    from slmlib import eval_workers
+    from slmlib.data import complexfuncbench
+    from slmlib.evaluate import why_not_taken
+    tasks = list(complexfuncbench.tasks("test"))[:3]
+    schema.write_jsonl(tmp_path / "tasks.jsonl", tasks)
+    settings = dict(max_steps=2, max_new_tokens=16, batch_size=1)
+    first = evaluate("tiny-opt", tmp_path / "tasks.jsonl", tmp_path / "first", **settings)
+    (tmp_path / "ours.jsonl").write_bytes((tmp_path / "tasks.jsonl").read_bytes())  # another run's file, the same bytes
+    played = []
+    play = eval_workers.play
+    monkeypatch.setattr(eval_workers, "play", lambda spec, todo, *rest: played.append(len(todo)) or play(spec, todo, *rest))
+    taken = evaluate("tiny-opt", tmp_path / "ours.jsonl", tmp_path / "taken", earlier=tmp_path / "first", **settings)
+    assert played == [] and taken["taken_from"] == str((tmp_path / "first").resolve())
+    assert taken == first | {"tasks": str(tmp_path / "ours.jsonl"), "taken_from": taken["taken_from"]}  # its peaks too
+    assert (tmp_path / "taken" / "predictions.jsonl").read_text() == (tmp_path / "first" / "predictions.jsonl").read_text()
+    again = evaluate("tiny-opt", tmp_path / "ours.jsonl", tmp_path / "taken", **settings)  # judged again: still says whence
+    assert again == taken and played == []
+    # anything but the same model, settings, tasks and a finished evaluation is refused, and rolled out here
+    ours = dict(model="tiny-opt", adapter=None, tasks_file=tmp_path / "ours.jsonl", tasks=tasks,
+                settings=read_json(tmp_path / "first" / "settings.json"))
+    assert why_not_taken(tmp_path / "first", **ours) is None
+    assert why_not_taken(tmp_path / "first", **ours | {"model": "other"}) == "another model: tiny-opt, adapter None"
+    assert why_not_taken(tmp_path / "first", **ours | {"adapter": "a"}) == "another model: tiny-opt, adapter None"
+    schema.write_jsonl(tmp_path / "other.jsonl", tasks[:2])
+    assert why_not_taken(tmp_path / "first", **ours | {"tasks_file": tmp_path / "other.jsonl"}).startswith("other tasks: ")
+    assert why_not_taken(tmp_path / "first", **ours | {"tasks": tasks + [{"id": "more"}]}) == "not every task played there"
+    assert why_not_taken(tmp_path / "nothing", **ours) == "no finished evaluation there"
+    with caplog.at_level("INFO", logger="slmlib.evaluate"):
+        other = evaluate("tiny-opt", tmp_path / "ours.jsonl", tmp_path / "more-steps", earlier=tmp_path / "first",
+                         **settings | {"max_steps": 3})
+    assert played == [3] and "taken_from" not in other and "(other settings); rolled out here" in caplog.text
+
+
 def slmlib_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "slmlib", *args], capture_output=True, text=True,
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
@@ -530,6 +565,28 @@ def test_only_the_fine_tuned_model_writes_arguments_in_its_training_order(tmp_pa
     assert profile_settings(profile, **trained)["argument_order_from"] == trained["argument_order_from"]
 
 
+def test_a_run_given_an_earlier_one_takes_its_baselines_and_says_so(tmp_path, monkeypatch):
+    from slmlib import config, eval_workers
+    from slmlib.data import complexfuncbench
+    from slmlib.evaluate import evaluate_run
+    p = tmp_path / "p.yaml"
+    p.write_text("model: {name: tiny-opt}\neval: {max_steps: 2, max_new_tokens: 16, batch_size: 1, baselines: [tiny-opt],"
+                 " decodings: [free, grammar]}\n")
+    profile = config.load(p)
+    for run in ("earlier", "later"):  # no training in either: the baseline alone plays, each decoding
+        schema.write_jsonl(tmp_path / run / "data" / "test_complexfuncbench.jsonl", list(complexfuncbench.tasks("test"))[:2])
+    before = evaluate_run(profile, tmp_path / "earlier")
+    played = []
+    play = eval_workers.play
+    monkeypatch.setattr(eval_workers, "play", lambda spec, todo, *rest: played.append(len(todo)) or play(spec, todo, *rest))
+    (tmp_path / "earlier" / "eval" / "tiny-opt+grammar" / "complexfuncbench" / "metrics.json").unlink()  # cut short there
+    after = evaluate_run(profile, tmp_path / "later", evals_from=tmp_path / "earlier")
+    assert played == [2] and set(after) == {"tiny-opt", "tiny-opt+grammar"}  # the unfinished one rolled out here
+    assert after["tiny-opt"]["complexfuncbench"]["taken_from"] == str(tmp_path / "earlier" / "eval" / "tiny-opt" / "complexfuncbench")
+    assert "taken_from" not in after["tiny-opt+grammar"]["complexfuncbench"]
+    assert after["tiny-opt"]["complexfuncbench"]["pass_rate"] == before["tiny-opt"]["complexfuncbench"]["pass_rate"]
+
+
 def test_a_users_mistake_is_one_line_and_status_2(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "x", "group": "g", "tools": [], "messages": []}\n')
@@ -546,6 +603,7 @@ def test_a_users_mistake_is_one_line_and_status_2(tmp_path):
         ("run", "--from", "03_evaluation"): "--from re-executes part of a run",
         ("run", "--resume", "r", "--trained-from", "outputs/x"): "a resumed one keeps the training it began with",
         ("run", "--params", "params/smoke.yaml", "--trained-from", str(tmp_path / "nope")): "no run to take a training from",
+        ("run", "--params", "params/smoke.yaml", "--evals-from", str(tmp_path / "nope")): "no other run to take evaluations from",
         ("bundle", "--out", str(tmp_path)): "is not empty: give a new folder",
         ("bundle", "--out", str(tmp_path / "b"), "--python-version", "2.7"): "no wheels for Python 2.7",
     }

@@ -277,6 +277,18 @@ def test_every_committed_export_is_the_exports_own(folder):
     assert f"--out {folder}" in command
 
 
+def test_an_export_says_which_evaluations_it_took_from_an_earlier_run():
+    from slmlib import results
+    summary = read_json(REPO / "results" / "cpu-session" / "metrics.json")
+    assert "taken with `EVALS_FROM=`" not in results.markdown(summary, "make run")
+    summary["evals_from"] = "outputs/cpu-session-20261206-171434"
+    for model in ("gemma-3-270m", "smollm2-135m-instruct"):
+        summary["eval"][model]["complexfuncbench"]["taken_from"] = f"outputs/cpu-session-20261206-171434/eval/{model}/complexfuncbench"
+    assert ("; the episodes of `gemma-3-270m/complexfuncbench`, `smollm2-135m-instruct/complexfuncbench` are the identical "
+            "evaluations of `cpu-session-20261206-171434` (same model, task file and settings), taken with `EVALS_FROM=`, "
+            "their seconds that run's (the command above plays them again).") in results.markdown(summary, "make run")
+
+
 def test_the_readme_shows_the_committed_results():
     out = REPO / "results"
     summary, readme = read_json(out / "metrics.json"), (out / "README.md").read_text()
