@@ -42,6 +42,7 @@ class DataConfig:
     argument_order: Literal["as_written", "schema"] = "as_written"  # schema: training calls' arguments in their tool's property order, the grammar's
     date_thoughts: bool = False            # a training step without a Thought that passes a date or time gets one working it out (slmlib.dates)
     choice_thoughts: bool = False          # ... that picks a listed value gets one naming the request's word for it (slmlib.choices)
+    role_thoughts: bool = False            # ... whose observation gives later calls arguments gets one naming them (slmlib.roles)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,8 @@ import datetime as dt
 import re
 from typing import Any
 
+from slmlib.schema import leaves
+
 
 ISO_DATE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})$")
 CLOCK = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
@@ -100,15 +102,6 @@ def _anchors(text: str, year: int) -> list[tuple[str, dt.date]]:
                 out.append((words, dt.date(candidate, month, day)))
             except ValueError:  # "February 30th"
                 continue
-    return out
-
-
-def leaves(arguments: dict, prefix: str = "") -> list[tuple[str, Any]]:
-    """Every value of the arguments, nested ones by their path (``legs[1].date``)."""
-    out = []
-    for key, value in (arguments.items() if isinstance(arguments, dict) else enumerate(arguments)):
-        path = f"{prefix}[{key}]" if isinstance(arguments, list) else f"{prefix}.{key}" if prefix else str(key)
-        out += leaves(value, path) if isinstance(value, (dict, list)) else [(path, value)]
     return out
 
 

@@ -18,7 +18,7 @@ from slmlib import budget, choices, data, dates, heldout, judge
 from slmlib import toolbench_format as tbf
 from slmlib.config import Profile
 from slmlib.run import atomic_write_json
-from slmlib.schema import FINISH, called_tools, in_schema_order, iter_jsonl, parsed_calls, write_jsonl
+from slmlib.schema import FINISH, called_tools, in_schema_order, iter_jsonl, leaves, parsed_calls, write_jsonl
 from slmlib.thoughts import with_thoughts
 
 TEST_ONLY = {"stabletoolbench"}
@@ -66,7 +66,7 @@ def date_origins(tasks: list[dict]) -> dict[str, int]:
     for t in tasks:
         request = judge.query_of(t)
         for args, seen in _call_arguments(t):
-            for k, v in dates.leaves(args):
+            for k, v in leaves(args):
                 if isinstance(v, str) and dates.ISO_DATE.match(v):
                     named = dates.in_words(v, request)
                     out["in_words" if named else "worked_out"] += 1
@@ -109,6 +109,7 @@ def prepare(profile: Profile, run_path: str | Path, tokenizer) -> dict:
     stats = budget.TrimStats()
     held: list[dict] = []
     sources = [s for s in [*cfg.required, *cfg.optional] if s not in missing]
+    thinking = cfg.date_thoughts or cfg.choice_thoughts or cfg.role_thoughts
     for name in [s for s in sources if s not in TEST_ONLY]:
         raw = [t for t in data.load(name, cfg.root, "train") if not cfg.groups or t["group"] in cfg.groups]
         if name in cfg.heldout:
@@ -119,8 +120,8 @@ def prepare(profile: Profile, run_path: str | Path, tokenizer) -> dict:
         per_source, thought_steps, reordered = budget.TrimStats(), 0, 0
         cues = choices.cues(raw) if cfg.choice_thoughts else None  # mined from the training requests alone
         for task in raw:
-            if cfg.date_thoughts or cfg.choice_thoughts:
-                task, n = with_thoughts(task, dated=cfg.date_thoughts, cues=cues)
+            if thinking:
+                task, n = with_thoughts(task, dated=cfg.date_thoughts, cues=cues, roles_named=cfg.role_thoughts)
                 thought_steps += n
             if cfg.argument_order == "schema":
                 task, n = in_schema_order(task)
@@ -131,7 +132,7 @@ def prepare(profile: Profile, run_path: str | Path, tokenizer) -> dict:
             if fitted is not None:
                 train.append(fitted)
         report["sources"][name] = per_source.as_dict()
-        if cfg.date_thoughts or cfg.choice_thoughts:
+        if thinking:
             report["sources"][name]["thoughts"] = thought_steps
         if cfg.argument_order == "schema":
             report["sources"][name]["calls_reordered"] = reordered

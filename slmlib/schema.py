@@ -243,6 +243,15 @@ def called_tools(task: dict) -> list[str]:
             for c in m.get("tool_calls", []) if c["function"]["name"] != FINISH]
 
 
+def leaves(arguments: dict, prefix: str = "") -> list[tuple[str, Any]]:
+    """Every value of a JSON object or list (a call's arguments, an observation), nested ones by their path (``legs[1].date``)."""
+    out = []
+    for key, value in (arguments.items() if isinstance(arguments, dict) else enumerate(arguments)):
+        path = f"{prefix}[{key}]" if isinstance(arguments, list) else f"{prefix}.{key}" if prefix else str(key)
+        out += leaves(value, path) if isinstance(value, (dict, list)) else [(path, value)]
+    return out
+
+
 def parsed_calls(task: dict) -> Iterator[tuple[dict, dict, dict, str]]:
     """Each assistant call whose arguments are a JSON object, in order: (its message, the call, the arguments, the
     observations before it); a source's own malformed call is passed over."""

@@ -168,7 +168,7 @@ def test_a_dated_step_works_its_date_out_in_its_thought(cfb, smol_tokenizer):
                 assert not old.get("thought") and "\n" not in new["thought"]
                 # every date and time the thought ends a clause with is one the call passes, and it parses back whole
                 ends = re.findall(r": (\d{4}-\d{2}-\d{2})[;.]|(?:: | is )(\d{2}:\d{2})[;.]", new["thought"])
-                assert {d or t for d, t in ends} <= {v for _, v in dates.leaves(call)}
+                assert {d or t for d, t in ends} <= {v for _, v in schema.leaves(call)}
                 step = tbf.message_step(new)
                 assert tbf.parse_step(tbf.render_step(step)).thought == new["thought"]
             else:
@@ -178,6 +178,51 @@ def test_a_dated_step_works_its_date_out_in_its_thought(cfb, smol_tokenizer):
     # the grammar gives a Thought a third of the step's 256 new tokens: all but six fit (41 tokens at the median),
     # those six by 4 tokens at most (a car's two dates and two times, a flight's three legs): their last clause is cut
     assert sorted(lengths)[len(lengths) // 2] < 50 and sum(n > 256 // 3 for n in lengths) <= 6 and max(lengths) <= 90
+
+
+def test_a_lookup_is_told_the_later_arguments_its_observation_gives(cfb, smol_tokenizer):
+    from slmlib import roles
+
+    def call(name, **args):
+        return {"role": "assistant", "content": None, "thought": "",
+                "tool_calls": [{"type": "function", "function": {"name": name, "arguments": json.dumps(args)}}]}
+
+    def seen(**response):
+        return {"role": "tool", "name": "x", "content": json.dumps({"data": [response]})}
+
+    task = {"id": "t", "group": "g", "tools": [], "messages": [
+        {"role": "user", "content": "Fly from Lisbon to Athens on 2024-11-20, one adult, then a car at Athens airport."},
+        call("Search_Flight_Location", query="Lisbon"), seen(id="LIS.AIRPORT", name="Lisbon"),
+        call("Search_Flight_Location", query="Athens"), seen(id="ATH.AIRPORT", name="Athens", latitude=37.936),
+        call("Search_Flights", fromId="LIS.AIRPORT", toId="ATH.AIRPORT", departDate="2024-11-20", adults=1),
+        seen(token="d6a1f_H4sI", price=1000, stops=1, arrival="2024-11-21", time="10:30"),
+        call("Search_Car_Rentals", pick_up_latitude=37.936, drop_off_latitude=37.936, legs=[{"id": "ATH.AIRPORT"}],
+             pick_up_date="2024-11-21", pick_up_time="10:30")]}
+    # the count is anybody's, dates and times are the request's as often (their Thoughts are slmlib.dates'); the
+    # airport ids and the coordinates first came from the two lookups
+    assert roles.fed(task) == {1: ["fromId"], 3: ["toId", "pick_up_latitude", "drop_off_latitude", "legs[0].id"]}
+    thought_of, n = with_thoughts(task, dated=False, roles_named=True)
+    assert [m["thought"] for m in thought_of["messages"] if m["role"] == "assistant"] == [
+        "For fromId.", "For toId, pick_up_latitude, drop_off_latitude, legs[0].id.", "", ""] and n == 2
+    # ComplexFuncBench's train split: every role a Thought names is a later argument whose value that lookup's
+    # observation holds; a taxi's two place lookups are told apart, as a flight's origin and destination are
+    train, clauses = cfb[0], Counter()
+    for task in train:
+        thought_of, _ = with_thoughts(task, dated=False, roles_named=True)
+        msgs = thought_of["messages"]
+        for i, m in enumerate(msgs):
+            if not (m.get("thought") or "").startswith("For "):
+                continue
+            observation = {json.dumps(v) for _, v in schema.leaves(json.loads(msgs[i + 1]["content"]))}
+            later = {(p, json.dumps(v)) for c in msgs[i + 2:] if c.get("tool_calls")
+                     for p, v in schema.leaves(json.loads(c["tool_calls"][0]["function"]["arguments"]))}
+            paths = m["thought"][len("For "):-1].split(", ")
+            assert all(any((p, v) in later for v in observation) for p in paths)
+            clauses[m["tool_calls"][0]["function"]["name"], m["thought"]] += 1
+            assert len(smol_tokenizer(m["thought"])["input_ids"]) <= 256 // 3
+    assert sum(clauses.values()) == 1964  # of the 4,890 calls
+    assert clauses["Taxi_Search_Location", "For pick_up_place_id."] > 100 and clauses["Taxi_Search_Location", "For drop_off_place_id."] > 100
+    assert clauses["Search_Flight_Location", "For fromId."] > 150 and clauses["Search_Flight_Location", "For toId."] > 100
 
 
 def test_a_choice_is_named_after_the_request_word_that_picks_it(cfb):
