@@ -258,6 +258,34 @@ def test_a_notebook_stopped_by_its_time_ends_the_run_as_a_stop(tmp_path, monkeyp
     assert not pipeline.executed(run / "01_stops.ipynb") and not read_json(run / "run_manifest.json")["finished_at"]
 
 
+def test_a_run_new_or_resumed_records_the_run_it_takes_evaluations_from(tmp_path, monkeypatch):
+    # the notebook stands in for 03, which reads evals_from from the manifest: it stops until the run names one
+    book = tmp_path / "notebooks"
+    book.mkdir()
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell('PROFILE = ""\nRUN_DIR = ""', metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("from pathlib import Path\nfrom slmlib import deadline\nfrom slmlib.run import read_json\n"
+                                  "if not read_json(Path(RUN_DIR) / 'run_manifest.json').get('evals_from'):\n"
+                                  "    raise deadline.Stopped('no evals_from')")])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, book / "01_takes.ipynb")
+    monkeypatch.setattr(pipeline, "NOTEBOOKS", book)
+    params = tmp_path / "takes.yaml"
+    params.write_text((REPO / "params" / "smoke.yaml").read_text() + "notebooks: [01_takes]\n")
+    outputs = tmp_path / "outputs"
+    with pytest.raises(deadline.Stopped, match="no evals_from"):
+        pipeline.run_profile(params, run_id="earlier", output_root=outputs)
+    earlier = outputs / "earlier"
+    run = pipeline.run_profile(params, run_id="new", output_root=outputs, evals_from=earlier)
+    assert read_json(run / "run_manifest.json")["evals_from"] == str(earlier.resolve())
+    run = pipeline.run_profile(params, run_id="earlier", output_root=outputs, resume=True, evals_from=outputs / "new")
+    manifest = read_json(run / "run_manifest.json")
+    assert manifest["finished_at"] and manifest["evals_from"] == str((outputs / "new").resolve())
+    for source in (outputs / "nothing", outputs / "earlier"):  # no run there, or the run itself
+        with pytest.raises(CannotResume, match="no other run to take evaluations from"):
+            pipeline.run_profile(params, run_id="earlier", output_root=outputs, rerun_from="01_takes", evals_from=source)
+
+
 def test_source_notebooks_are_committed_without_outputs():
     for path in (REPO / "notebooks").glob("*.ipynb"):
         nb = nbformat.read(path, as_version=4)
