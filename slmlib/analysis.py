@@ -14,7 +14,7 @@ import pandas as pd
 from slmlib import dates, judge
 from slmlib import toolbench_format as tbf
 from slmlib.envs import cfb
-from slmlib.schema import FINISH, read_jsonl
+from slmlib.schema import FINISH, leaves, read_jsonl
 from slmlib.values import same_value
 
 # The paper's Table 2 (ToolEval pass rate, %), for the side-by-side table; not comparable to ours.
@@ -157,7 +157,8 @@ def worst_calls(preds: pd.DataFrame, top: int = 10) -> pd.DataFrame:
     return (pd.DataFrame(rows).value_counts().rename("count").reset_index().head(top))
 
 
-WRONG_VALUE_COLUMNS = ["model", "id", "function", "parameter", "made", "golden", "golden_from", "made_from", "swapped_with"]
+WRONG_VALUE_COLUMNS = ["model", "id", "function", "parameter", "made", "golden", "golden_from", "made_from", "swapped_with",
+                       "elsewhere"]
 
 
 def wrong_values(preds: pd.DataFrame) -> pd.DataFrame:
@@ -167,7 +168,8 @@ def wrong_values(preds: pd.DataFrame) -> pd.DataFrame:
     rewriting, not reasoning), ``observation`` (an earlier tool response, as a JSON value), or ``neither`` (worked
     out, like a date from "the day after tomorrow", or made up); ``swapped_with``, the other argument of the golden call
     whose value the model wrote here (a pick-up date in ``drop_off_date``: the grammar's argument order against the
-    one the model learned), or ``""``."""
+    one the model learned), or ``""``; ``elsewhere``, the first argument of any of the task's golden calls that passes
+    the value made here (``Search_Taxi.pick_up_place_id`` for a drop-off's place id: a role taken for another), or ``""``."""
     rows = []
     for _, r in preds.iterrows():
         task = r["task"]
@@ -184,8 +186,21 @@ def wrong_values(preds: pd.DataFrame) -> pd.DataFrame:
         swapped = [k for k, v in miss["golden"]["arguments"].items() if k != key and same_value(v, made)]
         rows.append({"model": r["model"], "id": r["id"], "function": miss["call"]["name"], "parameter": key,
                      "made": made, "golden": golden, "golden_from": _found_in(golden, request, seen),
-                     "made_from": _found_in(made, request, seen), "swapped_with": swapped[0] if swapped else ""})
+                     "made_from": _found_in(made, request, seen), "swapped_with": swapped[0] if swapped else "",
+                     "elsewhere": _passed_by(made, task.get("gold_calls", []))})
     return pd.DataFrame(rows, columns=WRONG_VALUE_COLUMNS)
+
+
+def _passed_by(value, golden_calls: list[dict]) -> str:
+    """``function.argument`` of the first golden call argument (a nested one by its path, ``legs[1].toId``) that
+    passes ``value``; a golden call lists each argument's accepted values."""
+    for c in golden_calls:
+        for key, accepted in c["arguments"].items():
+            for v in accepted if isinstance(accepted, list) else [accepted]:
+                for path, x in [(key, v), *(leaves({key: v}) if isinstance(v, (dict, list)) else [])]:
+                    if same_value(x, value):
+                        return f"{c['name']}.{path}"
+    return ""
 
 
 def _found_in(value, request: str, observations: list[str]) -> str:

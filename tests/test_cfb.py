@@ -114,17 +114,20 @@ def test_wrong_values_say_where_the_golden_value_and_the_made_one_stood():
         "number": [("Search_Car_Location", {"query": "Sydney"}),
                    ("Search_Car_Rentals", {"pick_up_latitude": -33.8, "pick_up_date": "2024-11-15"})],
         "solved": [(g["name"], g["arguments"]) for g in GOLDEN[1:]] + [ANSWER],
+        # another golden call's value: the rental's date written as the vehicle
+        "elsewhere": [(rentals["name"], rentals["arguments"]), ("Vehicle_Details", {"vehicle_id": "2024-11-15", "search_key": "k1"})],
     }
     rows = [{"model": "m", "id": name, "task": TASK, "record": episode(*steps, ANSWER)[0]} for name, steps in episodes.items()]
     # the same date, the request naming it in words
     worded = {**TASK, "messages": [{"role": "user", "content": "A car in Sydney on November 15th, and its details."}]}
     rows.append({**rows[0], "id": "worded", "task": worded})
     table = analysis.wrong_values(pd.DataFrame(rows)).set_index("id")
-    assert list(table.index) == ["date", "copied", "made_up", "number", "worded"]
+    assert list(table.index) == ["date", "copied", "made_up", "number", "elsewhere", "worded"]
     assert table.loc["date", ["function", "parameter", "made", "golden"]].tolist() == \
         ["Search_Car_Rentals", "pick_up_date", "2024-11-16", "2024-11-15"]
     assert table[["golden_from", "made_from"]].values.tolist() == [
         ["request", "neither"], ["observation", "observation"], ["observation", "neither"], ["observation", "neither"],
-        ["words", "neither"]]
-    assert table["swapped_with"].tolist() == ["", "search_key", "", "", ""]  # the search key written as the vehicle id
+        ["observation", "request"], ["words", "neither"]]
+    assert table["swapped_with"].tolist() == ["", "search_key", "", "", "", ""]  # the search key written as the vehicle id
+    assert table["elsewhere"].tolist() == ["", "Vehicle_Details.search_key", "", "", "Search_Car_Rentals.pick_up_date", ""]
     assert analysis.wrong_values(pd.DataFrame(rows[4:5])).empty
