@@ -72,9 +72,8 @@ def take_earlier(earlier: Path, out: Path, *, model: str, adapter: str | None, t
     """Copy a finished evaluation's episodes into ``out`` when they are the ones this evaluation would roll out: the same
     model and adapter, the same settings, a task file identical byte for byte, every task played. Decoded with the same
     settings and seed they are the same episodes, up to another machine's rounding (an untuned baseline beside each
-    new training: ``make run EVALS_FROM=``); the
-    earlier seconds and peaks come with them, and ``metrics.json`` names where they came from. Anything else is
-    logged with its reason, and this evaluation rolls out as ever."""
+    new training: ``make run EVALS_FROM=``); the earlier seconds and peaks come with them, and ``metrics.json`` names
+    where they came from. Anything else is logged with its reason, and this evaluation rolls out as ever."""
     why = why_not_taken(earlier, model=model, adapter=adapter, tasks_file=tasks_file, tasks=tasks, settings=settings)
     if why:
         log.info("%s: not taken from %s (%s); rolled out here", out, earlier, why)

@@ -2,10 +2,10 @@
 
 ComplexFuncBench's tasks look things up before they act: a flight search takes the airport ids two location
 searches returned, a taxi search the place ids of two others. A third of cpu-session-order's wrong values (50 of
-161, ``analysis.wrong_values``' ``elsewhere``) are a value another of the task's golden calls passes: the pick-up's place id as the drop-off's, the
-origin searched for where the destination was asked. A lookup whose training step first says what it is for
-("For fromId.") puts the role before the lookup's own arguments, and next to the observation that answers it,
-where the later call copies the value from.
+161, ``analysis.wrong_values``' ``elsewhere``) are a value another of the task's golden calls passes: the pick-up's
+place id as the drop-off's, the origin searched for where the destination was asked. A lookup whose training step
+first says what it is for ("For fromId.") puts the role before the lookup's own arguments, and next to the
+observation that answers it, where the later call copies the value from.
 """
 from __future__ import annotations
 
