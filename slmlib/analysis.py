@@ -157,12 +157,13 @@ def worst_calls(preds: pd.DataFrame, top: int = 10) -> pd.DataFrame:
     return (pd.DataFrame(rows).value_counts().rename("count").reset_index().head(top))
 
 
-WRONG_VALUE_COLUMNS = ["model", "id", "function", "parameter", "made", "golden", "golden_from", "made_from", "swapped_with",
-                       "elsewhere"]
+WRONG_VALUE_COLUMNS = ["model", "id", "call", "function", "parameter", "made", "golden", "golden_from", "made_from",
+                       "swapped_with", "elsewhere"]
 
 
 def wrong_values(preds: pd.DataFrame) -> pd.DataFrame:
-    """The episodes ComplexFuncBench's protocol ended on a wrong value, one row each: the function and parameter,
+    """The episodes ComplexFuncBench's protocol ended on a wrong value, one row each: the call's position among the
+    episode's calls (1 = its first), the function and parameter,
     the value made and the golden one, and where each stood before that call (``golden_from``, ``made_from``):
     ``request`` (the user's words), ``words`` (a date the request names by month and day, "December 10th":
     rewriting, not reasoning), ``observation`` (an earlier tool response, as a JSON value), or ``neither`` (worked
@@ -184,8 +185,8 @@ def wrong_values(preds: pd.DataFrame) -> pd.DataFrame:
         seen = [s.get("observation", "") for s in calls[:miss["at"]]]
         made, golden = miss["call"]["arguments"][key], miss["golden"]["arguments"][key]
         swapped = [k for k, v in miss["golden"]["arguments"].items() if k != key and same_value(v, made)]
-        rows.append({"model": r["model"], "id": r["id"], "function": miss["call"]["name"], "parameter": key,
-                     "made": made, "golden": golden, "golden_from": _found_in(golden, request, seen),
+        rows.append({"model": r["model"], "id": r["id"], "call": miss["at"] + 1, "function": miss["call"]["name"],
+                     "parameter": key, "made": made, "golden": golden, "golden_from": _found_in(golden, request, seen),
                      "made_from": _found_in(made, request, seen), "swapped_with": swapped[0] if swapped else "",
                      "elsewhere": _passed_by(made, task.get("gold_calls", []))})
     return pd.DataFrame(rows, columns=WRONG_VALUE_COLUMNS)

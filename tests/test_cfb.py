@@ -123,8 +123,9 @@ def test_wrong_values_say_where_the_golden_value_and_the_made_one_stood():
     rows.append({**rows[0], "id": "worded", "task": worded})
     table = analysis.wrong_values(pd.DataFrame(rows)).set_index("id")
     assert list(table.index) == ["date", "copied", "made_up", "number", "elsewhere", "worded"]
-    assert table.loc["date", ["function", "parameter", "made", "golden"]].tolist() == \
-        ["Search_Car_Rentals", "pick_up_date", "2024-11-16", "2024-11-15"]
+    assert table.loc["date", ["call", "function", "parameter", "made", "golden"]].tolist() == \
+        [1, "Search_Car_Rentals", "pick_up_date", "2024-11-16", "2024-11-15"]
+    assert table["call"].tolist() == [1, 2, 2, 2, 2, 1]  # the lookup is the first call where it is made
     assert table[["golden_from", "made_from"]].values.tolist() == [
         ["request", "neither"], ["observation", "observation"], ["observation", "neither"], ["observation", "neither"],
         ["observation", "request"], ["words", "neither"]]
