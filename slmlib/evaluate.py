@@ -318,7 +318,7 @@ def evaluate(model: str, tasks_file: str | Path, out_dir: str | Path, *, adapter
     previous = read_json(out / "metrics.json") if skip and (out / "metrics.json").is_file() else {}
     metrics = {"mode": "episode", "model": model, "adapter": adapter, "tasks": str(tasks_file), "judge": judge_name,
                **settings, **judge.metrics(records), **rollout_peak(previous, peak),
-               **{k: previous[k] for k in ("taken_from",) if k in previous}}
+               **({"taken_from": previous["taken_from"]} if "taken_from" in previous else {})}
     if env == "cfb":  # ComplexFuncBench's own success and call accuracy, beside our verdicts
         from slmlib.envs import cfb
         metrics |= cfb.metrics([cfb.verdict(by_id[r["id"]], r) for r in records if by_id[r["id"]].get("source") == "complexfuncbench"])

@@ -73,9 +73,10 @@ def run_profile(params: str | Path, run_id: str | None = None, overwrite: bool =
     run = RunDir(output_root, run_id or new_run_id(profile.name))
     if evals_from is not None:
         evals_from = Path(evals_from).resolve()
-        if not (evals_from / "run_manifest.json").is_file() or evals_from == run.path.resolve():
-            raise CannotResume(f"{evals_from}: no other run to take evaluations from "
-                               f"({'this run itself' if evals_from == run.path.resolve() else 'no run_manifest.json there'})")
+        why = ("this run itself" if evals_from == run.path.resolve()
+               else None if (evals_from / "run_manifest.json").is_file() else "no run_manifest.json there")
+        if why:
+            raise CannotResume(f"{evals_from}: no other run to take evaluations from ({why})")
     chain = notebooks(profile)
     defaults = config.Profile(profile.name).to_dict()  # for options added after a resumed run started
     stems = [p.stem for p in chain]

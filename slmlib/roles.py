@@ -50,7 +50,8 @@ def fed(task: dict) -> dict[int, list[str]]:
             for path, v in leaves(_json(m["tool_calls"][0]["function"]["arguments"])):
                 if not distinctive(v) or str(v) in request:
                     continue
-                source = next((j for j, values in held if json.dumps(v) in values), None)
+                key = json.dumps(v)
+                source = next((j for j, values in held if key in values), None)
                 if source is not None and path not in out.get(source, []):
                     out.setdefault(source, []).append(path)
     return out
