@@ -1,4 +1,4 @@
-# Two commands: `make run [PROFILE=smoke|workshop|default|cpu-full|cpu-long|gpu|paper] [RESUME=<run-id> [FROM=<notebook>] | TRAINED=<run-id>] [EVALS_FROM=<run-id>] [STOP_BY=<when>]` and `make test`.
+# Two commands: `make run [PROFILE=smoke|workshop|default|cpu-full|cpu-long|gpu|paper] [RESUME=<run-id> [FROM=<notebook>] | TRAINED=<run-id>] [EVALS_FROM=<run-id>|results/<export>] [STOP_BY=<when>]` and `make test`.
 PROFILE ?= default
 PYTHON ?= python3.11
 VENV := .venv
@@ -24,7 +24,7 @@ assets: $(STAMP)
 	$(PY) -m slmlib assets fetch
 
 run: assets
-	$(if $(TCMALLOC),LD_PRELOAD=$(TCMALLOC)) $(PY) -m slmlib run --params params/$(PROFILE).yaml $(if $(RESUME),--resume $(RESUME)) $(if $(FROM),--from $(FROM)) $(if $(TRAINED),--trained-from outputs/$(TRAINED)) $(if $(EVALS_FROM),--evals-from outputs/$(EVALS_FROM)) $(if $(STOP_BY),--stop-by $(STOP_BY))
+	$(if $(TCMALLOC),LD_PRELOAD=$(TCMALLOC)) $(PY) -m slmlib run --params params/$(PROFILE).yaml $(if $(RESUME),--resume $(RESUME)) $(if $(FROM),--from $(FROM)) $(if $(TRAINED),--trained-from outputs/$(TRAINED)) $(if $(EVALS_FROM),--evals-from $(if $(findstring /,$(EVALS_FROM)),$(EVALS_FROM),outputs/$(EVALS_FROM))) $(if $(STOP_BY),--stop-by $(STOP_BY))
 
 test: assets
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q

@@ -235,8 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="take this earlier run's finished training (same model, train and seed parameters, same "
                           "training data) instead of training again")
     run.add_argument("--evals-from", metavar="RUN_DIR",
-                     help="take this earlier run's evaluations of the same model, task file and settings (the untuned "
-                          "baselines) instead of rolling them out again; a resumed run may name one too")
+                     help="take this earlier run's (or results export's) evaluations of the same model, task file and "
+                          "settings (the untuned baselines) instead of rolling them out again; a resumed run may name one too")
     run.add_argument("--overwrite", action="store_true", help="replace a finished run of the same id")
     add_stop_by(run)
     run.set_defaults(func=_run)

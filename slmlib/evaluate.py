@@ -92,12 +92,20 @@ def why_not_taken(earlier: Path, *, model: str, adapter: str | None, tasks_file:
         return f"another model: {theirs.get('model')}, adapter {theirs.get('adapter')}"
     if read_json(earlier / "settings.json") != settings:
         return "other settings"
-    their_tasks = Path(theirs.get("tasks", ""))
-    if not their_tasks.is_file() or sha256_file(their_tasks) != sha256_file(tasks_file):
-        return f"other tasks: {their_tasks} is not {tasks_file} byte for byte"
+    if tasks_sha256(theirs) != sha256_file(tasks_file):
+        return f"other tasks: {theirs.get('tasks')} is not {tasks_file} byte for byte"
     if not {t["id"] for t in tasks} <= done_ids(earlier / "predictions.jsonl"):
         return "not every task played there"
     return None
+
+
+def tasks_sha256(metrics: dict[str, Any]) -> str | None:
+    """The sha256 of the task file an evaluation played: recorded since exports carry evaluations to other machines,
+    where the file it names is not; an older evaluation's is that of the file, where it still is."""
+    if "tasks_sha256" in metrics:
+        return metrics["tasks_sha256"]
+    tasks = Path(metrics.get("tasks", ""))
+    return sha256_file(tasks) if tasks.is_file() else None
 
 
 def append_line(path: Path, record: dict) -> None:
@@ -316,7 +324,8 @@ def evaluate(model: str, tasks_file: str | Path, out_dir: str | Path, *, adapter
         from slmlib import tooleval
         tooleval.rejudge(records, by_id, model=judge_model)
     previous = read_json(out / "metrics.json") if skip and (out / "metrics.json").is_file() else {}
-    metrics = {"mode": "episode", "model": model, "adapter": adapter, "tasks": str(tasks_file), "judge": judge_name,
+    metrics = {"mode": "episode", "model": model, "adapter": adapter, "tasks": str(tasks_file),
+               "tasks_sha256": sha256_file(Path(tasks_file)), "judge": judge_name,
                **settings, **judge.metrics(records), **rollout_peak(previous, peak),
                **({"taken_from": previous["taken_from"]} if "taken_from" in previous else {})}
     if env == "cfb":  # ComplexFuncBench's own success and call accuracy, beside our verdicts

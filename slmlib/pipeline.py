@@ -60,7 +60,8 @@ def run_profile(params: str | Path, run_id: str | None = None, overwrite: bool =
     """Execute a profile's notebooks into ``<output_root>/<run_id>``; ``resume`` continues that unfinished run,
     ``rerun_from`` re-executes that run from the named notebook on; a new run with ``trained_from`` takes that
     run's identical training instead of training (:mod:`slmlib.adopt`); a run, new or resumed, with ``evals_from``
-    takes that run's identical evaluations (:func:`slmlib.evaluate.take_earlier`), recorded in its manifest."""
+    takes that run's or results export's identical evaluations (:func:`slmlib.evaluate.take_earlier`), recorded in its
+    manifest."""
     import papermill as pm
 
     resume = resume or rerun_from is not None
@@ -73,10 +74,11 @@ def run_profile(params: str | Path, run_id: str | None = None, overwrite: bool =
     run = RunDir(output_root, run_id or new_run_id(profile.name))
     if evals_from is not None:
         evals_from = Path(evals_from).resolve()
-        why = ("this run itself" if evals_from == run.path.resolve()
-               else None if (evals_from / "run_manifest.json").is_file() else "no run_manifest.json there")
+        why = ("this run itself" if evals_from == run.path.resolve()  # a run, or a results export that carries its evaluations
+               else None if any((evals_from / f).is_file() for f in ("run_manifest.json", "metrics.json"))
+               else "neither a run_manifest.json nor an export's metrics.json there")
         if why:
-            raise CannotResume(f"{evals_from}: no other run to take evaluations from ({why})")
+            raise CannotResume(f"{evals_from}: no other run or export to take evaluations from ({why})")
     chain = notebooks(profile)
     defaults = config.Profile(profile.name).to_dict()  # for options added after a resumed run started
     stems = [p.stem for p in chain]

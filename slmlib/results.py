@@ -3,8 +3,10 @@
 Writes ``results/`` (or ``--out``): ``metrics.json`` (every model on every task set, overall and
 per group, with training and timing), ``metrics.csv`` (one row per model, task set and group),
 ``profile.yaml`` (the exact profile), the executed ``04_error_analysis`` and ``05_results``
-notebooks as HTML with their figures inline, the figures as PNG, and ``README.md`` (command,
-machine, wall time per notebook, the tables and the experiment's targets, met or not). Nothing
+notebooks as HTML with their figures inline, the figures as PNG, ``README.md`` (command,
+machine, wall time per notebook, the tables and the experiment's targets, met or not), and every evaluation's
+episodes with the task files they played (:func:`carry_evaluations`: the error analysis reruns on the export, and a
+later run takes its untuned baselines from it, ``EVALS_FROM=``). Nothing
 is written over an earlier export unless ``overwrite``; every file is written atomically.
 """
 from __future__ import annotations
@@ -324,6 +326,34 @@ def _relative_json(obj: Any) -> Any:
     return obj
 
 
+def carry_evaluations(run: Path, out: Path, *, overwrite: bool = False) -> None:
+    """Every evaluation's episodes, settings and metrics (``eval/<model>/<task set>/``) and the task files they played
+    (``data/``), laid out as in the run: the export is then what :func:`slmlib.analysis.predictions` reads and what
+    ``make run EVALS_FROM=results/<folder>`` takes on another machine (its task file checked by sha256)."""
+    from slmlib.evaluate import tasks_sha256  # evaluate brings torch, which nothing else here needs
+    if overwrite:  # an export written over keeps nothing of the earlier run's evaluations
+        for sub in ("eval", "data"):
+            shutil.rmtree(out / sub, ignore_errors=True)
+    for label, task_set, d in analysis.eval_dirs(run):
+        if not (d / "predictions.jsonl").is_file():
+            continue  # teacher-forced steps (the learning curve's points): their numbers are in metrics.json
+        dest = out / "eval" / label / task_set
+        dest.mkdir(parents=True, exist_ok=True)
+        _copy(d / "predictions.jsonl", dest / "predictions.jsonl")
+        _copy(d / "settings.json", dest / "settings.json")
+        m = read_json(d / "metrics.json")
+        atomic_write_json(dest / "metrics.json", _relative_json(m | {"tasks_sha256": tasks_sha256(m)}))
+        tasks = run / "data" / f"test_{task_set}.jsonl"
+        (out / "data").mkdir(exist_ok=True)
+        _copy(tasks, out / "data" / tasks.name)
+
+
+def _copy(src: Path, dest: Path) -> None:
+    tmp = dest.parent / f".{dest.name}.tmp"
+    shutil.copyfile(src, tmp)
+    tmp.replace(dest)
+
+
 def export(run_path: str | Path, out_dir: str | Path = "results", *, command: str | None = None,
            overwrite: bool = False) -> Path:
     """Write the results folder of a finished run (see the module docstring); returns it."""
@@ -349,8 +379,7 @@ def export(run_path: str | Path, out_dir: str | Path = "results", *, command: st
             atomic_write_text(out / f"{stem}.html", relative(body))
     for pattern in FIGURES:
         for fig in sorted(run.glob(pattern)):
-            tmp = out / f".{fig.name}.tmp"
-            shutil.copyfile(fig, tmp)
-            tmp.replace(out / fig.name)
+            _copy(fig, out / fig.name)
+    carry_evaluations(run, out, overwrite=overwrite)
     atomic_write_text(out / "README.md", markdown(summary, command))
     return out

@@ -603,7 +603,7 @@ def test_a_users_mistake_is_one_line_and_status_2(tmp_path):
         ("run", "--from", "03_evaluation"): "--from re-executes part of a run",
         ("run", "--resume", "r", "--trained-from", "outputs/x"): "a resumed one keeps the training it began with",
         ("run", "--params", "params/smoke.yaml", "--trained-from", str(tmp_path / "nope")): "no run to take a training from",
-        ("run", "--params", "params/smoke.yaml", "--evals-from", str(tmp_path / "nope")): "no other run to take evaluations from",
+        ("run", "--params", "params/smoke.yaml", "--evals-from", str(tmp_path / "nope")): "no other run or export to take evaluations from",
         ("bundle", "--out", str(tmp_path)): "is not empty: give a new folder",
         ("bundle", "--out", str(tmp_path / "b"), "--python-version", "2.7"): "no wheels for Python 2.7",
     }

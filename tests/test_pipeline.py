@@ -146,6 +146,44 @@ def test_results_export_matches_the_run_and_is_not_overwritten(smoke_run, tmp_pa
 
 
 @pytest.mark.notebooks
+def test_an_export_carries_the_episodes_the_analysis_reads_and_a_later_run_takes(smoke_run, tmp_path, monkeypatch):
+    from slmlib import analysis, config, eval_workers, results
+    from slmlib.assets import sha256_file
+    from slmlib.evaluate import evaluate, plays, profile_settings
+    out = results.export(smoke_run, tmp_path / "results")
+    columns = ["model", "task_set", "id", "passed", "label", "detail", "steps"]
+    exported, ran = analysis.predictions(out), analysis.predictions(smoke_run)
+    assert len(exported) == len(ran) > 0 and exported[columns].equals(ran[columns])  # the error analysis reruns on the export
+    assert exported["task"].notna().all()
+    profile = config.load(REPO / "params" / "smoke.yaml")
+    label, model, adapter, overrides, _ = plays(profile, smoke_run, ["complexfuncbench"])[0]
+    exported_eval = out / "eval" / label / "complexfuncbench"
+    metrics = read_json(exported_eval / "metrics.json")
+    assert metrics["tasks_sha256"] == sha256_file(smoke_run / "data" / "test_complexfuncbench.jsonl")
+    # exported on another machine: the task file it names is not here, its sha256 is what is checked
+    atomic_write_json(exported_eval / "metrics.json", metrics | {"tasks": "/elsewhere/outputs/r/data/test_complexfuncbench.jsonl"})
+    tasks = tmp_path / "here" / "test_complexfuncbench.jsonl"
+    tasks.parent.mkdir()
+    shutil.copyfile(out / "data" / tasks.name, tasks)
+    class RolledOut(Exception):
+        pass
+
+    def play(*args):
+        raise RolledOut
+    monkeypatch.setattr(eval_workers, "play", play)
+    settings = profile_settings(profile, **overrides)
+    taken = evaluate(model, tasks, tmp_path / "again", adapter=adapter, earlier=exported_eval, **settings)
+    assert taken["taken_from"] == str(exported_eval.resolve()) and taken["pass_rate"] == metrics["pass_rate"]
+    assert taken["tasks_sha256"] == metrics["tasks_sha256"]
+    tasks.write_text(tasks.read_text()[:-1] + " \n")  # a byte more: not the tasks it played, so rolled out
+    with pytest.raises(RolledOut):
+        evaluate(model, tasks, tmp_path / "other", adapter=adapter, earlier=exported_eval, **settings)
+    (out / "eval" / "another-run's" / "complexfuncbench").mkdir(parents=True)  # written over: none of it is kept
+    results.export(smoke_run, out, overwrite=True)
+    assert sorted(p.name for p in (out / "eval").iterdir()) == sorted({m for m, _, _ in analysis.eval_dirs(smoke_run)} - {"curve"})
+
+
+@pytest.mark.notebooks
 def test_a_run_takes_an_identical_training_instead_of_training_again(smoke_run, tmp_path):
     import yaml
     from slmlib.adopt import CannotAdopt
@@ -281,8 +319,13 @@ def test_a_run_new_or_resumed_records_the_run_it_takes_evaluations_from(tmp_path
     run = pipeline.run_profile(params, run_id="earlier", output_root=outputs, resume=True, evals_from=outputs / "new")
     manifest = read_json(run / "run_manifest.json")
     assert manifest["finished_at"] and manifest["evals_from"] == str((outputs / "new").resolve())
+    export = tmp_path / "results" / "earlier"  # a results export: its metrics.json, its eval/ beside it
+    export.mkdir(parents=True)
+    atomic_write_json(export / "metrics.json", {"run_id": "earlier"})
+    run = pipeline.run_profile(params, run_id="earlier", output_root=outputs, rerun_from="01_takes", evals_from=export)
+    assert read_json(run / "run_manifest.json")["evals_from"] == str(export.resolve())
     for source in (outputs / "nothing", outputs / "earlier"):  # no run there, or the run itself
-        with pytest.raises(CannotResume, match="no other run to take evaluations from"):
+        with pytest.raises(CannotResume, match="no other run or export to take evaluations from"):
             pipeline.run_profile(params, run_id="earlier", output_root=outputs, rerun_from="01_takes", evals_from=source)
 
 
@@ -295,7 +338,7 @@ def test_source_notebooks_are_committed_without_outputs():
 
 
 
-@pytest.mark.parametrize("folder", sorted(p.parent.relative_to(REPO).as_posix() for p in REPO.glob("results/**/metrics.json")))
+@pytest.mark.parametrize("folder", sorted(p.parent.relative_to(REPO).as_posix() for p in REPO.glob("results/**/README.md")))
 def test_every_committed_export_is_the_exports_own(folder):
     from slmlib import results
     out = REPO / folder
