@@ -21,7 +21,7 @@ import yaml
 from slmlib import analysis, config
 from slmlib.config import REPO
 from slmlib.pipeline import notebook_seconds
-from slmlib.run import atomic_write_json, atomic_write_text, read_json
+from slmlib.run import atomic_copy, atomic_write_json, atomic_write_text, read_json
 
 HTML_NOTEBOOKS = ("04_error_analysis", "05_results")
 FIGURES = ("pass_rate_*.png", "call_quality.png", "error_breakdown.png", "training_curves.png", "speed_cost.png", "token_lengths.png",
@@ -334,24 +334,16 @@ def carry_evaluations(run: Path, out: Path, *, overwrite: bool = False) -> None:
     if overwrite:  # an export written over keeps nothing of the earlier run's evaluations
         for sub in ("eval", "data"):
             shutil.rmtree(out / sub, ignore_errors=True)
-    for label, task_set, d in analysis.eval_dirs(run):
-        if not (d / "predictions.jsonl").is_file():
-            continue  # teacher-forced steps (the learning curve's points): their numbers are in metrics.json
+    # teacher-forced steps (the learning curve's points) have no episodes: their numbers are in metrics.json
+    played = [(label, task_set, d) for label, task_set, d in analysis.eval_dirs(run) if (d / "predictions.jsonl").is_file()]
+    for label, task_set, d in played:
         dest = out / "eval" / label / task_set
-        dest.mkdir(parents=True, exist_ok=True)
-        _copy(d / "predictions.jsonl", dest / "predictions.jsonl")
-        _copy(d / "settings.json", dest / "settings.json")
+        atomic_copy(d / "predictions.jsonl", dest / "predictions.jsonl")
+        atomic_copy(d / "settings.json", dest / "settings.json")
         m = read_json(d / "metrics.json")
         atomic_write_json(dest / "metrics.json", _relative_json(m | {"tasks_sha256": tasks_sha256(m)}))
-        tasks = run / "data" / f"test_{task_set}.jsonl"
-        (out / "data").mkdir(exist_ok=True)
-        _copy(tasks, out / "data" / tasks.name)
-
-
-def _copy(src: Path, dest: Path) -> None:
-    tmp = dest.parent / f".{dest.name}.tmp"
-    shutil.copyfile(src, tmp)
-    tmp.replace(dest)
+    for task_set in sorted({task_set for _, task_set, _ in played}):
+        atomic_copy(run / "data" / f"test_{task_set}.jsonl", out / "data" / f"test_{task_set}.jsonl")
 
 
 def export(run_path: str | Path, out_dir: str | Path = "results", *, command: str | None = None,
@@ -379,7 +371,7 @@ def export(run_path: str | Path, out_dir: str | Path = "results", *, command: st
             atomic_write_text(out / f"{stem}.html", relative(body))
     for pattern in FIGURES:
         for fig in sorted(run.glob(pattern)):
-            _copy(fig, out / fig.name)
+            atomic_copy(fig, out / fig.name)
     carry_evaluations(run, out, overwrite=overwrite)
     atomic_write_text(out / "README.md", markdown(summary, command))
     return out

@@ -9,6 +9,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import shutil
 import subprocess
 import tempfile
 from importlib import metadata
@@ -45,6 +46,11 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], Any]) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def atomic_copy(src: str | Path, dest: str | Path) -> None:
+    with open(src, "rb") as f:
+        atomic_write(dest, lambda out: shutil.copyfileobj(f, out, 1 << 20))
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
