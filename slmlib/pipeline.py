@@ -46,11 +46,17 @@ def notebook_seconds(path: Path) -> float | None:
 
 
 def executed(path: Path) -> bool:
-    """Whether papermill ran this notebook to its end without an error (a killed run leaves no end time)."""
+    """Whether papermill ran this notebook to its end without an error. A killed run leaves no end time; one
+    interrupted (Ctrl-C) gets an end time and no exception, and only its cells show it: the interrupted one holds
+    the error, the ones after it never ran."""
     if not path.is_file():
         return False
-    meta = nbformat.read(path, as_version=4).metadata.get("papermill", {})
-    return meta.get("end_time") is not None and not meta.get("exception")
+    nb = nbformat.read(path, as_version=4)
+    meta = nb.metadata.get("papermill", {})
+    code = [c for c in nb.cells if c.cell_type == "code" and c.source.strip()]  # an empty cell is never executed
+    return (meta.get("end_time") is not None and not meta.get("exception")
+            and all(c.get("execution_count") is not None and all(o.output_type != "error" for o in c.get("outputs", []))
+                    for c in code))
 
 
 def run_profile(params: str | Path, run_id: str | None = None, overwrite: bool = False,

@@ -276,19 +276,27 @@ def test_an_interrupted_run_resumes_where_it_stopped(smoke_run, tmp_path, monkey
     assert all(pipeline.executed(run / f"{stem}.ipynb") for stem in manifest["notebooks"])
 
 
-def test_a_notebook_stopped_by_its_time_ends_the_run_as_a_stop(tmp_path, monkeypatch):
-    # what training or evaluation raises inside a kernel at the time to stop by: one line and the resume command,
-    # not "notebook failed"; the notebook stays unfinished, so the resume executes it again
+def one_notebook_profile(tmp_path, monkeypatch, name, *cells):
+    """The smoke profile with its chain replaced by one notebook, ``01_<name>``, of these code cells after the
+    parameters cell: a scripted stand-in for a pipeline notebook."""
     book = tmp_path / "notebooks"
     book.mkdir()
     nb = nbformat.v4.new_notebook(cells=[
         nbformat.v4.new_code_cell('PROFILE = ""\nRUN_DIR = ""', metadata={"tags": ["parameters"]}),
-        nbformat.v4.new_code_cell('from slmlib import deadline\nraise deadline.Stopped("2 of 5 episodes by 12:00")')])
+        *map(nbformat.v4.new_code_cell, cells)])
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(nb, book / "01_stops.ipynb")
+    nbformat.write(nb, book / f"01_{name}.ipynb")
     monkeypatch.setattr(pipeline, "NOTEBOOKS", book)
-    params = tmp_path / "stops.yaml"
-    params.write_text((REPO / "params" / "smoke.yaml").read_text() + "notebooks: [01_stops]\n")
+    params = tmp_path / f"{name}.yaml"
+    params.write_text((REPO / "params" / "smoke.yaml").read_text() + f"notebooks: [01_{name}]\n")
+    return params
+
+
+def test_a_notebook_stopped_by_its_time_ends_the_run_as_a_stop(tmp_path, monkeypatch):
+    # what training or evaluation raises inside a kernel at the time to stop by: one line and the resume command,
+    # not "notebook failed"; the notebook stays unfinished, so the resume executes it again
+    params = one_notebook_profile(tmp_path, monkeypatch, "stops",
+        'from slmlib import deadline\nraise deadline.Stopped("2 of 5 episodes by 12:00")')
     with pytest.raises(deadline.Stopped, match=r"^stops-1: 01_stops: 2 of 5 episodes by 12:00; "
                                                r"resume with: make run PROFILE=stops RESUME=stops-1$"):
         pipeline.run_profile(params, run_id="stops-1", output_root=tmp_path / "outputs")
@@ -296,20 +304,33 @@ def test_a_notebook_stopped_by_its_time_ends_the_run_as_a_stop(tmp_path, monkeyp
     assert not pipeline.executed(run / "01_stops.ipynb") and not read_json(run / "run_manifest.json")["finished_at"]
 
 
+def test_a_run_interrupted_by_ctrl_c_resumes_at_the_notebook_it_was_in(tmp_path, monkeypatch):
+    # Ctrl-C on `make run` reaches papermill, which writes the notebook with an end time and no exception; only
+    # its cells say it was cut short, and a resume that trusted the metadata went on to the next notebook
+    params = one_notebook_profile(tmp_path, monkeypatch, "interrupted",
+        "import os, signal, time\nfrom pathlib import Path\n"
+        "if not (Path(RUN_DIR) / 'interrupted').exists():\n"
+        "    (Path(RUN_DIR) / 'interrupted').touch()\n"
+        "    os.kill(os.getppid(), signal.SIGINT)  # the kernel's parent is papermill's process\n"
+        "    time.sleep(60)",
+        "(Path(RUN_DIR) / 'ran_to_its_end').touch()")
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run_profile(params, run_id="cut-1", output_root=tmp_path / "outputs")
+    run = tmp_path / "outputs" / "cut-1"
+    written = nbformat.read(run / "01_interrupted.ipynb", as_version=4)
+    assert written.metadata.papermill.end_time and not written.metadata.papermill.exception  # what fooled the resume
+    assert not pipeline.executed(run / "01_interrupted.ipynb") and not (run / "ran_to_its_end").exists()
+    pipeline.run_profile(params, run_id="cut-1", output_root=tmp_path / "outputs", resume=True)
+    assert pipeline.executed(run / "01_interrupted.ipynb") and (run / "ran_to_its_end").exists()
+    assert read_json(run / "run_manifest.json")["finished_at"]
+
+
 def test_a_run_new_or_resumed_records_the_run_it_takes_evaluations_from(tmp_path, monkeypatch):
     # the notebook stands in for 03, which reads evals_from from the manifest: it stops until the run names one
-    book = tmp_path / "notebooks"
-    book.mkdir()
-    nb = nbformat.v4.new_notebook(cells=[
-        nbformat.v4.new_code_cell('PROFILE = ""\nRUN_DIR = ""', metadata={"tags": ["parameters"]}),
-        nbformat.v4.new_code_cell("from pathlib import Path\nfrom slmlib import deadline\nfrom slmlib.run import read_json\n"
-                                  "if not read_json(Path(RUN_DIR) / 'run_manifest.json').get('evals_from'):\n"
-                                  "    raise deadline.Stopped('no evals_from')")])
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(nb, book / "01_takes.ipynb")
-    monkeypatch.setattr(pipeline, "NOTEBOOKS", book)
-    params = tmp_path / "takes.yaml"
-    params.write_text((REPO / "params" / "smoke.yaml").read_text() + "notebooks: [01_takes]\n")
+    params = one_notebook_profile(tmp_path, monkeypatch, "takes",
+        "from pathlib import Path\nfrom slmlib import deadline\nfrom slmlib.run import read_json\n"
+        "if not read_json(Path(RUN_DIR) / 'run_manifest.json').get('evals_from'):\n"
+        "    raise deadline.Stopped('no evals_from')")
     outputs = tmp_path / "outputs"
     with pytest.raises(deadline.Stopped, match="no evals_from"):
         pipeline.run_profile(params, run_id="earlier", output_root=outputs)
