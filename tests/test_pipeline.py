@@ -2,6 +2,7 @@ import html
 import json
 import re
 import shutil
+import signal
 import time
 
 import nbformat
@@ -314,8 +315,13 @@ def test_a_run_interrupted_by_ctrl_c_resumes_at_the_notebook_it_was_in(tmp_path,
         "    os.kill(os.getppid(), signal.SIGINT)  # the kernel's parent is papermill's process\n"
         "    time.sleep(60)",
         "(Path(RUN_DIR) / 'ran_to_its_end').touch()")
-    with pytest.raises(KeyboardInterrupt):
-        pipeline.run_profile(params, run_id="cut-1", output_root=tmp_path / "outputs")
+    # a shell that starts the tests in the background ignores SIGINT for them; Ctrl-C on `make run` in a terminal does not
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            pipeline.run_profile(params, run_id="cut-1", output_root=tmp_path / "outputs")
+    finally:
+        signal.signal(signal.SIGINT, before)
     run = tmp_path / "outputs" / "cut-1"
     written = nbformat.read(run / "01_interrupted.ipynb", as_version=4)
     assert written.metadata.papermill.end_time and not written.metadata.papermill.exception  # what fooled the resume
