@@ -54,9 +54,9 @@ def executed(path: Path) -> bool:
     nb = nbformat.read(path, as_version=4)
     meta = nb.metadata.get("papermill", {})
     code = [c for c in nb.cells if c.cell_type == "code" and c.source.strip()]  # an empty cell is never executed
-    return (meta.get("end_time") is not None and not meta.get("exception")
-            and all(c.get("execution_count") is not None and all(o.output_type != "error" for o in c.get("outputs", []))
-                    for c in code))
+    ran = all(c.get("execution_count") is not None for c in code)
+    failed = any(o.output_type == "error" for c in code for o in c.get("outputs", []))
+    return meta.get("end_time") is not None and not meta.get("exception") and ran and not failed
 
 
 def run_profile(params: str | Path, run_id: str | None = None, overwrite: bool = False,
