@@ -26,7 +26,7 @@ def _convert(args) -> int:
         "toolbench-answers": lambda p, cb: toolbench.answer_dir_tasks(p, on_error=cb),
         "toolbench-queries": lambda p, cb: toolbench.query_file_tasks(p, on_error=cb),
         "stabletoolbench": lambda p, cb: stabletoolbench.tasks(p, on_error=cb),
-        "complexfuncbench": lambda p, cb: complexfuncbench.tasks(args.split),
+        "complexfuncbench": lambda p, cb: complexfuncbench.tasks(args.split, judged=args.judged or None),
         "glaive": lambda p, cb: glaive.tasks(p, on_error=cb),
         "apibank": lambda p, cb: apibank.tasks(p, on_error=cb),
         "toolrl": lambda p, cb: toolrl.tasks(p, on_error=cb),
@@ -387,6 +387,9 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--input", help="file or folder of the source (not needed for complexfuncbench)")
     conv.add_argument("--out", required=True)
     conv.add_argument("--split", choices=("train", "test"), default="train", help="complexfuncbench split")
+    conv.add_argument("--judged", action="store_true",
+                      help="complexfuncbench: the split as tasks with gold calls and replay, as the test split is, "
+                           "to play a model on the tasks it trained on")
     conv.add_argument("--skip-invalid", action="store_true", help="skip and count malformed records")
     conv.add_argument("--overwrite", action="store_true")
     conv.set_defaults(func=_convert)

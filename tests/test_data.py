@@ -94,6 +94,21 @@ def test_complexfuncbench_references_resolved_and_observations_compact(cfb):
         assert len(t["gold_calls"]) == len(t["replay"]) == t["meta"]["n_calls"]
 
 
+def test_the_train_split_judged_holds_the_calls_it_trains_on_as_gold(cfb, tmp_path):
+    """``--judged`` plays a model on what it trained on: each train task's gold calls are its trajectory's calls."""
+    out = tmp_path / "train_tasks.jsonl"
+    subprocess.run([sys.executable, "-m", "slmlib", "data", "convert", "--source", "complexfuncbench", "--split", "train",
+                    "--judged", "--out", str(out)], capture_output=True, text=True, check=True)
+    judged = schema.read_jsonl(out)
+    train, _ = cfb
+    assert [t["id"] for t in judged] == [t["id"] for t in train]
+    for task, trajectory in zip(judged, train):
+        made = [c["function"] for m in trajectory["messages"] for c in m.get("tool_calls") or []][:-1]  # Finish
+        assert [(c["name"], {k: v for k, (v,) in c["arguments"].items()}) for c in task["gold_calls"]] == \
+            [(f["name"], json.loads(f["arguments"])) for f in made]
+        assert task["messages"] == trajectory["messages"][:1] and "replay" in task
+
+
 def test_values_used_by_later_calls_survive_compaction(cfb):
     """Every literal a later call takes from an earlier response is in that earlier observation."""
     records, _ = complexfuncbench.load_raw()

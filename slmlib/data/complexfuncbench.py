@@ -153,8 +153,8 @@ def task_domains(record: dict) -> list[str]:
     return sorted({DOMAIN_OF.get(call["name"], "other") for call in record["output"]})
 
 
-def convert(record: dict, index: int, specs: dict[str, dict], split: str) -> dict:
-    """One benchmark record as a trajectory (train) or a task with gold calls and replay (test)."""
+def convert(record: dict, index: int, specs: dict[str, dict], judged: bool) -> dict:
+    """One benchmark record as a trajectory to train on, or (``judged``) a task with gold calls and replay."""
     responses: dict[str, Any] = {}
     resolved = []
     for call in record["output"]:
@@ -174,7 +174,7 @@ def convert(record: dict, index: int, specs: dict[str, dict], split: str) -> dic
         "messages": [{"role": "user", "content": record["input"].strip()}],
         "meta": {"domains": domains, "n_calls": len(resolved)}}
     observations = [observation(call["response"], needed.get(call["label"], [])) for call, _, _ in resolved]
-    if split == "test":
+    if judged:
         task["gold_calls"] = [{"name": c["name"], "arguments": {k: [v] for k, v in args.items()}}
                               for c, args, _ in resolved]
         task["replay"] = [{"name": c["name"], "arguments": args, "response": json.loads(obs)}
@@ -208,12 +208,13 @@ def load_raw() -> tuple[list[dict], dict[str, dict]]:
     return records, specs
 
 
-def tasks(split: str) -> Iterator[dict]:
-    """The ``train`` trajectories or ``test`` tasks, in file order."""
+def tasks(split: str, judged: bool | None = None) -> Iterator[dict]:
+    """The ``train`` trajectories or ``test`` tasks, in file order; ``judged=True`` gives the train split as tasks
+    too, to play a model on what it trained on (how far it fits its own training data)."""
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     records, specs = load_raw()
     splits = split_of(records)
     for i, record in enumerate(records):
         if splits[i] == split:
-            yield convert(record, i, specs, split)
+            yield convert(record, i, specs, split == "test" if judged is None else judged)
