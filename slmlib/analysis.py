@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+from difflib import SequenceMatcher
 from pathlib import Path
 
 import pandas as pd
@@ -159,6 +160,9 @@ def worst_calls(preds: pd.DataFrame, top: int = 10) -> pd.DataFrame:
 
 WRONG_VALUE_COLUMNS = ["model", "id", "call", "function", "parameter", "made", "golden", "golden_from", "made_from",
                        "swapped_with", "elsewhere"]
+QUERY_SIBLING_COLUMNS = ["model", "id", "function", "made", "golden", "sibling", "likeness", "sibling_query",
+                         "made_said", "golden_said", "sibling_said"]
+OPENING_CHARS = 120  # a request's opening sentence or two: what a template fixes
 
 
 def wrong_values(preds: pd.DataFrame) -> pd.DataFrame:
@@ -190,6 +194,35 @@ def wrong_values(preds: pd.DataFrame) -> pd.DataFrame:
                      "made_from": _found_in(made, request, seen), "swapped_with": swapped[0] if swapped else "",
                      "elsewhere": _passed_by(made, task.get("gold_calls", []))})
     return pd.DataFrame(rows, columns=WRONG_VALUE_COLUMNS)
+
+
+def query_siblings(preds: pd.DataFrame, train: list[dict], opening: int = OPENING_CHARS) -> pd.DataFrame:
+    """The episodes that ended on a look-up's wrong ``query``, beside the training task whose request opens most
+    alike (ComplexFuncBench writes its tasks from templates, so that is the same template's sibling) and the query
+    the sibling's golden call of the same function writes (its first look-up's where it has none). ``*_said``: the
+    query stands in its own request, case ignored ("Toronto"), or not ("Toronto, Canada", a composed name). Where the
+    golden query and its sibling's agree and the made one does not, the convention was in the training data and the
+    model did not take it. ``train``: judged train tasks (``complexfuncbench.tasks("train", judged=True)``)."""
+    rows = []
+    tasks = {r["id"]: r["task"] for _, r in preds.iterrows()}
+    heads = [(judge.query_of(t)[:opening], t) for t in train]
+    wrong = wrong_values(preds)
+    for _, w in wrong[wrong.parameter == "query"].iterrows():
+        request = judge.query_of(tasks[w.id])
+        likeness, sibling = max(((SequenceMatcher(None, head, request[:opening]).ratio(), t) for head, t in heads),
+                                key=lambda x: x[0])
+        looked = [c for c in sibling["gold_calls"] if "query" in c["arguments"]]
+        same = [c for c in looked if c["name"] == w.function] or looked
+        sibling_query = same[0]["arguments"]["query"][0] if same else None
+        rows.append({"model": w.model, "id": w.id, "function": w.function, "made": w.made, "golden": w.golden,
+                     "sibling": sibling["id"], "likeness": round(likeness, 2), "sibling_query": sibling_query,
+                     "made_said": _said(w.made, request), "golden_said": _said(w.golden, request),
+                     "sibling_said": _said(sibling_query, judge.query_of(sibling)) if same else None})
+    return pd.DataFrame(rows, columns=QUERY_SIBLING_COLUMNS)
+
+
+def _said(value, request: str) -> bool:
+    return isinstance(value, str) and value.strip().lower() in request.lower()
 
 
 def _passed_by(value, golden_calls: list[dict]) -> str:

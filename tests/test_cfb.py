@@ -132,3 +132,26 @@ def test_wrong_values_say_where_the_golden_value_and_the_made_one_stood():
     assert table["swapped_with"].tolist() == ["", "search_key", "", "", "", ""]  # the search key written as the vehicle id
     assert table["elsewhere"].tolist() == ["", "Vehicle_Details.search_key", "", "", "Search_Car_Rentals.pick_up_date", ""]
     assert analysis.wrong_values(pd.DataFrame(rows[4:5])).empty
+
+
+def test_a_wrong_query_stands_beside_its_templates_sibling_in_training():
+    import pandas as pd
+    from slmlib import analysis
+
+    def task(id_, request, query):
+        golden = [{**GOLDEN[0], "arguments": {"query": query}}, *GOLDEN[1:]]
+        return {**TASK, "id": id_, "messages": [{"role": "user", "content": request}], "replay": golden,
+                "gold_calls": [{"name": g["name"], "arguments": {k: [v] for k, v in g["arguments"].items()}} for g in golden]}
+    test = task("t", "A car in Sydney on 2024-11-15, and its details.", "Sydney, Australia")
+    train = [task("oslo", "Flights from Oslo to Bergen, the cheapest one.", "Oslo"),
+             task("melbourne", "A car in Melbourne on 2024-12-01, and its details.", "Melbourne, Australia")]
+    steps = [("Search_Car_Location", {"query": "Sydney"}), ANSWER]
+    texts = [f"Thought: t\nAction: {name}\nAction Input: {json.dumps(args)}" for name, args in steps]
+    (ep,) = rollout.play(rollout.scripted(lambda ep: texts[len(ep.steps)]), [test], envs.make("cfb"), rollout.Decoding())
+    preds = pd.DataFrame([{"model": "m", "id": "t", "task": test, "record": rollout.episode_record(ep)}])
+    (row,) = analysis.query_siblings(preds, train).to_dict("records")
+    assert (row["made"], row["golden"], row["sibling"], row["sibling_query"]) == \
+        ("Sydney", "Sydney, Australia", "melbourne", "Melbourne, Australia")
+    # the golden query is composed as its sibling's is; the model wrote the request's word
+    assert (row["made_said"], row["golden_said"], row["sibling_said"]) == (True, False, False)
+    assert analysis.query_siblings(preds.iloc[:0], train).empty
