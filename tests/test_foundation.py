@@ -19,6 +19,16 @@ def test_profiles_load(name):
     assert profile.name == name and profile.data.max_length <= 2048
 
 
+def test_the_epochs_profile_is_the_thoughts_experiment_trained_twice_as_long():
+    """cpu-session-epochs differs from cpu-session-thoughts in its epochs alone, so their untuned baselines (taken
+    with EVALS_FROM=) and their data are the same."""
+    import dataclasses
+    thoughts, epochs = (config.load(REPO / "params" / f"{n}.yaml") for n in ("cpu-session-thoughts", "cpu-session-epochs"))
+    assert (thoughts.train.epochs, epochs.train.epochs) == (1.0, 2.0)
+    assert dataclasses.replace(epochs.train, epochs=1.0) == thoughts.train
+    assert (epochs.data, epochs.eval, epochs.model) == (thoughts.data, thoughts.eval, thoughts.model)
+
+
 def test_paper_profile_has_the_papers_recipe():
     t = config.load(REPO / "params" / "paper.yaml").train
     assert (t.method, t.epochs, t.learning_rate, t.warmup_steps) == ("full", 1.0, 5e-5, 100)
