@@ -26,7 +26,7 @@ def _convert(args) -> int:
         "toolbench-answers": lambda p, cb: toolbench.answer_dir_tasks(p, on_error=cb),
         "toolbench-queries": lambda p, cb: toolbench.query_file_tasks(p, on_error=cb),
         "stabletoolbench": lambda p, cb: stabletoolbench.tasks(p, on_error=cb),
-        "complexfuncbench": lambda p, cb: complexfuncbench.tasks(args.split, judged=args.judged or None),
+        "complexfuncbench": lambda p, cb: complexfuncbench.tasks(args.split, judged=args.judged),
         "glaive": lambda p, cb: glaive.tasks(p, on_error=cb),
         "apibank": lambda p, cb: apibank.tasks(p, on_error=cb),
         "toolrl": lambda p, cb: toolrl.tasks(p, on_error=cb),

@@ -208,7 +208,7 @@ def load_raw() -> tuple[list[dict], dict[str, dict]]:
     return records, specs
 
 
-def tasks(split: str, judged: bool | None = None) -> Iterator[dict]:
+def tasks(split: str, judged: bool = False) -> Iterator[dict]:
     """The ``train`` trajectories or ``test`` tasks, in file order; ``judged=True`` gives the train split as tasks
     too, to play a model on what it trained on (how far it fits its own training data)."""
     if split not in ("train", "test"):
@@ -217,4 +217,4 @@ def tasks(split: str, judged: bool | None = None) -> Iterator[dict]:
     splits = split_of(records)
     for i, record in enumerate(records):
         if splits[i] == split:
-            yield convert(record, i, specs, split == "test" if judged is None else judged)
+            yield convert(record, i, specs, judged or split == "test")
