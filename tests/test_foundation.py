@@ -29,6 +29,16 @@ def test_the_epochs_profile_is_the_thoughts_experiment_trained_twice_as_long():
     assert (epochs.data, epochs.eval, epochs.model) == (thoughts.data, thoughts.eval, thoughts.model)
 
 
+def test_the_gpu_profile_is_the_whole_experiment_with_the_thought_levers():
+    """gpu.yaml trains with cpu-session-thoughts' data levers and plays cpu-compare's variants (ComplexFuncBench's
+    protocol for every model, DFSDT for the fine-tuned one), at full size."""
+    gpu, thoughts, compare = (config.load(REPO / "params" / f"{n}.yaml") for n in ("gpu", "cpu-session-thoughts", "cpu-compare"))
+    levers = ("date_thoughts", "choice_thoughts", "role_thoughts", "argument_order")
+    assert [getattr(gpu.data, k) for k in levers] == [getattr(thoughts.data, k) for k in levers] == [True, True, True, "schema"]
+    assert gpu.eval.variants == compare.eval.variants and gpu.eval.all_decodings() == ["grammar", "free"]
+    assert (gpu.data.test_limit, gpu.data.stabletoolbench_limit, gpu.data.train_limit) == (-1, -1, -1)
+
+
 def test_paper_profile_has_the_papers_recipe():
     t = config.load(REPO / "params" / "paper.yaml").train
     assert (t.method, t.epochs, t.learning_rate, t.warmup_steps) == ("full", 1.0, 5e-5, 100)
